@@ -1,0 +1,25 @@
+//! mvm's domain model, with no printing and no command-line parsing.
+//!
+//! - [`paths`]: every file and directory mvm owns, named once.
+//! - [`name`]: machine name rules and generated names.
+//! - [`instance`]: the persisted machine record and its status machine.
+//! - [`registry`]: the crash-safe store of machine records, reconciled with
+//!   the processes that really run.
+//! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
+//! - [`backend`]: the one trait every hypervisor backend implements.
+//! - [`process`]: pid identity (pid + start time) and liveness checks.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod config;
+pub mod instance;
+pub mod name;
+pub mod paths;
+pub mod process;
+pub mod registry;
+pub mod atomic;
+
+pub use backend::{BackendKind, VmBackend};
+pub use instance::{InstanceRecord, Status};
+pub use paths::{InstanceDir, MvmHome};
+pub use registry::Registry;
