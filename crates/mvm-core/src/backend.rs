@@ -199,7 +199,7 @@ impl BackendError {
 /// The last `n` lines of a text file (lossy UTF-8), if it can be read.
 pub fn tail_lines(path: &std::path::Path, n: usize) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = fs_err::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     let start = len.saturating_sub(64 * 1024);
     f.seek(SeekFrom::Start(start)).ok()?;
@@ -277,7 +277,7 @@ pub fn kvm_usable() -> KvmStatus {
             reason: format!("/dev/kvm cannot be opened: {e}"),
         };
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpuinfo = fs_err::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpuinfo
         .lines()
         .find(|l| l.starts_with("flags"))

@@ -113,7 +113,7 @@ impl Config {
     /// Read `path` (a missing file means defaults), then apply `MVM_*`
     /// environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg = match std::fs::read_to_string(path) {
+        let mut cfg = match fs_err::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -132,10 +132,7 @@ impl Config {
 
     /// Apply `MVM_BACKEND`, `MVM_FIRECRACKER_BIN`, `MVM_FIRECRACKER_VERSION`,
     /// `MVM_CPUS`, `MVM_MEMORY`, `MVM_KERNEL`, `MVM_SUBNET`, `MVM_BRIDGE`.
-    pub fn apply_env(
-        &mut self,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let bad = |var: &str, value: &str, reason: String| ConfigError::Env {
             var: var.into(),
             value: value.into(),
@@ -189,10 +186,12 @@ mod tests {
 
     #[test]
     fn file_then_env_override() {
-        let mut c: Config = toml::from_str("backend = \"qemu\"\ncpus = 2\n[network]\nbridge = \"br9\"\n").unwrap();
+        let mut c: Config =
+            toml::from_str("backend = \"qemu\"\ncpus = 2\n[network]\nbridge = \"br9\"\n").unwrap();
         assert_eq!(c.backend, BackendChoice::Qemu);
         assert_eq!(c.network.bridge, "br9");
-        c.apply_env(|k| (k == "MVM_CPUS").then(|| "4".to_string())).unwrap();
+        c.apply_env(|k| (k == "MVM_CPUS").then(|| "4".to_string()))
+            .unwrap();
         assert_eq!(c.cpus, 4);
     }
 

@@ -10,6 +10,7 @@
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod backend;
 pub mod config;
 pub mod instance;
@@ -17,7 +18,6 @@ pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
-pub mod atomic;
 
 pub use backend::{BackendKind, VmBackend};
 pub use instance::{InstanceRecord, Status};

@@ -4,7 +4,9 @@ use rand::seq::IndexedRandom;
 
 /// A name broke the rules.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid machine name {name:?}: names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit")]
+#[error(
+    "invalid machine name {name:?}: names are 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+)]
 pub struct InvalidName {
     /// The rejected name.
     pub name: String,

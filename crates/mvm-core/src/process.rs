@@ -48,7 +48,7 @@ struct Stat {
 }
 
 fn read_stat(pid: u32) -> Option<Stat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let s = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&s)
 }
 
@@ -129,7 +129,10 @@ impl ProcessIdentity {
                     timeout,
                 });
             }
-            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
             let ts = rustix::event::Timespec {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: left.subsec_nanos() as i64,
@@ -172,7 +175,10 @@ mod tests {
 
     #[test]
     fn wait_exit_returns_when_child_exits() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let id = ProcessIdentity::of(child.id()).unwrap();
         let t = Instant::now();
         // sleep becomes a zombie (we have not reaped it): that counts as exited.
@@ -184,7 +190,10 @@ mod tests {
 
     #[test]
     fn wait_exit_times_out() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let id = ProcessIdentity::of(child.id()).unwrap();
         let r = id.wait_exit(Duration::from_millis(100));
         assert!(matches!(r, Err(ProcessError::Timeout { .. })), "{r:?}");

@@ -79,8 +79,11 @@ fn lock_file(path: PathBuf) -> Result<InstanceLock, RegistryError> {
         .read(true)
         .write(true)
         .open(&path)?;
-    rustix::fs::flock(file.file().as_fd(), rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| std::io::Error::other(format!("cannot lock {}: {e}", path.display())))?;
+    rustix::fs::flock(
+        file.file().as_fd(),
+        rustix::fs::FlockOperation::LockExclusive,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot lock {}: {e}", path.display())))?;
     Ok(InstanceLock { _file: file })
 }
 
@@ -162,7 +165,7 @@ impl Registry {
         validate(name)?;
         let dir = self.dir(name);
         let path = dir.record();
-        let text = match std::fs::read_to_string(&path) {
+        let text = match fs_err::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(if dir.root().is_dir() {
@@ -214,10 +217,7 @@ impl Registry {
     }
 
     /// Change the status, enforcing the state machine.
-    pub fn set_status(
-        record: &mut InstanceRecord,
-        to: Status,
-    ) -> Result<(), RegistryError> {
+    pub fn set_status(record: &mut InstanceRecord, to: Status) -> Result<(), RegistryError> {
         if !record.status.can_become(to) {
             return Err(RegistryError::BadTransition {
                 name: record.name.clone(),

@@ -1,1 +1,23 @@
-//! placeholder
+//! The QEMU `microvm` backend of mvm.
+//!
+//! - [`argv`]: the typed QEMU command line (never a shell).
+//! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
+//! - [`backend`]: [`QemuBackend`], discovery of the binary, choice of
+//!   accelerator (KVM when usable, TCG otherwise) and the
+//!   [`mvm_core::VmBackend`] implementation.
+//!
+//! The guest agent channel is a virtio-serial port
+//! ([`argv::AGENT_PORT_NAME`]) on a Unix-socket chardev at
+//! `InstanceDir::guest_socket()`. QEMU holds the guest until that socket has
+//! a client; [`QemuBackend`]'s launch connects it and hands the stream to
+//! the caller in `RunningVmm::guest`. The chardev serves one client, so
+//! `connect_guest` always fails with an explanation.
+#![warn(missing_docs)]
+
+pub mod argv;
+pub mod backend;
+pub mod qmp;
+
+pub use argv::{Accel, FwdProto, HostForward, NetArgs, QemuArgs};
+pub use backend::{DoctorReport, QemuBackend};
+pub use qmp::{Qmp, QmpError, RunState, StatusInfo};

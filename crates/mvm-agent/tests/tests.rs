@@ -1,0 +1,8 @@
+//! Host-side integration tests: the real agent binary, served on a Unix
+//! socket (`--listen-unix`), driven by the real `AgentClient` and mux.
+
+mod common;
+mod exec;
+mod files;
+mod mux;
+mod protocol;

@@ -1,0 +1,304 @@
+//! The command-line surface (contract: `shared/CLI.md`). Only clap structs
+//! live here; each subcommand's behaviour is in `commands/<name>.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run Linux microVMs the way Docker runs containers.
+#[derive(Debug, Parser)]
+#[command(name = "mvm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Show each step (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only print errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Backend selection on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Firecracker when present and KVM is usable, else QEMU.
+    Auto,
+    /// Firecracker.
+    Firecracker,
+    /// QEMU microvm.
+    Qemu,
+}
+
+impl From<BackendArg> for mvm_core::backend::BackendChoice {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => Self::Auto,
+            BackendArg::Firecracker => Self::Firecracker,
+            BackendArg::Qemu => Self::Qemu,
+        }
+    }
+}
+
+/// Network mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// Bridge + TAP + NAT.
+    Nat,
+    /// No network interface.
+    None,
+}
+
+/// All subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Find or install what the backend needs, then build the default image.
+    Setup(SetupArgs),
+    /// Check prerequisites and say which backend `auto` picks.
+    Doctor(DoctorArgs),
+    /// Manage guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Create and start a machine (detached).
+    Run(RunArgs),
+    /// Start stopped machines.
+    Start(NamesArgs),
+    /// Stop machines: gracefully, then forcibly after the timeout.
+    Stop(StopArgs),
+    /// Remove machines.
+    Rm(RmArgs),
+    /// List machines.
+    Ps(PsArgs),
+    /// Show everything known about a machine.
+    Inspect(InspectArgs),
+    /// Show a machine's guest console (or VMM log).
+    Logs(LogsArgs),
+    /// Run a command in a running machine, or in a fresh transient one.
+    Exec(ExecArgs),
+    /// Pause a machine's vCPUs.
+    Pause(NameArg),
+    /// Resume a paused machine.
+    Resume(NameArg),
+    /// Remove leftovers no registered machine owns.
+    Gc,
+    /// Internal: the per-machine supervisor process.
+    #[command(name = "__supervise", hide = true)]
+    Supervise(NameArg),
+}
+
+/// `mvm setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Which backend to prepare.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// Use this firecracker binary instead of downloading one.
+    #[arg(long, value_name = "PATH")]
+    pub firecracker_bin: Option<PathBuf>,
+    /// Firecracker release to install.
+    #[arg(long, value_name = "X.Y.Z")]
+    pub firecracker_version: Option<String>,
+    /// Do not ask before installing packages.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `mvm doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mvm image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images.
+    Ls {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build an image (the default one without a source).
+    Build {
+        /// Image name.
+        #[arg(default_value = "default")]
+        name: String,
+        /// Use this directory as the root filesystem.
+        #[arg(long, value_name = "DIR", conflicts_with = "from_tar")]
+        from_dir: Option<PathBuf>,
+        /// Use this tarball (.tar or .tar.gz) as the root filesystem.
+        #[arg(long, value_name = "FILE")]
+        from_tar: Option<PathBuf>,
+        /// Root filesystem size in MiB.
+        #[arg(long, value_name = "MIB")]
+        size: Option<u32>,
+    },
+    /// Remove an image.
+    Rm {
+        /// Image name.
+        name: String,
+    },
+}
+
+/// `mvm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Image to boot.
+    #[arg(default_value = "default")]
+    pub image: String,
+    /// Machine name (generated when omitted).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// vCPUs.
+    #[arg(long)]
+    pub cpus: Option<u8>,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// Publish a port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp].
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+    pub publish: Vec<String>,
+    /// Attach a volume: HOST_DIR:GUEST_DIR[:ro|rw] or NAME:GUEST_DIR.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:GUEST_DIR")]
+    pub volumes: Vec<String>,
+    /// Environment for every command run in the machine.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Secret file exposed read-only at /mnt/secrets/KEY.
+    #[arg(long = "secret", value_name = "KEY=FILE")]
+    pub secrets: Vec<String>,
+    /// Network mode.
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
+    /// Backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Return once the VMM started, without waiting for the guest agent.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// One or more machine names.
+#[derive(Debug, Args)]
+pub struct NamesArgs {
+    /// Machine names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// One machine name.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Machine name.
+    pub name: String,
+}
+
+/// `mvm stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Machine names.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<String>,
+    /// Stop every running machine.
+    #[arg(long)]
+    pub all: bool,
+    /// Seconds to wait for a graceful shutdown before killing the VMM.
+    #[arg(long, short = 't', default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// `mvm rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Machine names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Stop a running machine first.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+}
+
+/// `mvm ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Also show machines that are not running.
+    #[arg(short, long)]
+    pub all: bool,
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mvm inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Machine name.
+    pub name: String,
+    /// One JSON document (the default output is JSON too; kept for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mvm logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Machine name.
+    pub name: String,
+    /// Keep printing new output until the machine stops.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last LINES lines.
+    #[arg(short = 'n', long = "tail", value_name = "LINES")]
+    pub lines: Option<usize>,
+    /// The VMM's own log instead of the guest console.
+    #[arg(long)]
+    pub hypervisor: bool,
+}
+
+/// `mvm exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Machine to run in (omit for a transient machine).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Image of the transient machine.
+    #[arg(long, conflicts_with = "name")]
+    pub image: Option<String>,
+    /// vCPUs of the transient machine.
+    #[arg(long, conflicts_with = "name")]
+    pub cpus: Option<u8>,
+    /// Memory (MiB) of the transient machine.
+    #[arg(long, value_name = "MIB", conflicts_with = "name")]
+    pub memory: Option<u32>,
+    /// Share a host directory: HOST:GUEST[:ro|rw] (rw is synced back).
+    #[arg(
+        long = "add-dir",
+        value_name = "HOST:GUEST[:MODE]",
+        conflicts_with = "name"
+    )]
+    pub add_dirs: Vec<String>,
+    /// Read the command from a launch plan (launch.json).
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    pub launch_plan: Option<PathBuf>,
+    /// Backend of the transient machine.
+    #[arg(long, value_enum, conflicts_with = "name")]
+    pub backend: Option<BackendArg>,
+    /// Environment variable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after SECS seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Forward standard input to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}

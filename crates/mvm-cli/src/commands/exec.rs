@@ -1,0 +1,77 @@
+//! `mvm exec`: in a running machine, or in a fresh transient one.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use mvm_core::instance::NetworkMode;
+use mvm_core::{BackendKind, Status};
+use mvm_runtime::exec::{ExecOptions, exec_in, exec_transient};
+use mvm_runtime::machine::CreateOptions;
+
+use crate::cli::ExecArgs;
+use crate::commands::machines::parse_env;
+use crate::commands::runtime;
+
+pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
+    if a.command.is_empty() {
+        bail!("no command given (usage: mvm exec [NAME] -- CMD [ARG...])");
+    }
+    let rt = runtime()?;
+    let mut opts = ExecOptions {
+        argv: a.command.clone(),
+        env: parse_env(&a.env)?,
+        cwd: a.workdir.clone(),
+        timeout: a.timeout.map(Duration::from_secs),
+        stdin: a.interactive,
+    };
+    if let Some(name) = &a.name {
+        let (rec, obs) = rt.observe(name)?;
+        if obs.status != Status::Running {
+            bail!(
+                "machine {name:?} is {}{}; start it with `mvm start {name}`",
+                obs.status,
+                obs.note.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+        }
+        // Machine-wide environment (`mvm run -e`) first, ours override.
+        let mut env = rec.env.clone();
+        env.append(&mut opts.env);
+        opts.env = env;
+        let outcome = exec_in(&rt.registry.dir(name), &opts).await?;
+        return Ok(outcome.exit_code() as u8);
+    }
+
+    if !a.add_dirs.is_empty() || a.launch_plan.is_some() {
+        bail!("--add-dir and --launch-plan are not supported yet");
+    }
+    // Transient: set the host up on first use (packages, default image).
+    let ti = Instant::now();
+    mvm_runtime::host::ensure_base(true)?;
+    let image_name = a.image.clone().unwrap_or_else(|| "default".into());
+    let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
+    let image_ms = ti.elapsed().as_millis() as u64;
+    let create = CreateOptions {
+        name: None,
+        image: image_name,
+        backend: a.backend.map(Into::into).unwrap_or(rt.config.backend),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        transient: true,
+        env: Vec::new(),
+        network: NetworkMode::None,
+    };
+    let _ = BackendKind::Qemu;
+    let (outcome, t) = exec_transient(&rt, &image, image_ms, create, &opts).await?;
+    tracing::info!(
+        "timings: image {} ms, launch {} ms, boot {} ms, command {} ms, teardown {} ms",
+        t.image_ms,
+        t.launch_ms,
+        t.boot_ms,
+        t.command_ms,
+        t.teardown_ms
+    );
+    if let Ok(path) = std::env::var("MVM_TIMINGS_FILE") {
+        let _ = fs_err::write(&path, serde_json::to_vec(&t)?);
+    }
+    Ok(outcome.exit_code() as u8)
+}

@@ -1,0 +1,144 @@
+//! Shared helpers: the `mvm` command, a shared test home, process checks,
+//! `wait_until` with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+/// The shared state directory of guest-booting tests.
+pub fn e2e_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let p = std::env::var_os("MVM_TEST_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mvm-e2e"));
+        fs_err::create_dir_all(&p).unwrap();
+        p
+    })
+}
+
+/// A fresh, empty home for tests that need isolation and boot nothing.
+pub fn empty_home() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mvm-t").tempdir().unwrap()
+}
+
+/// `mvm` with `MVM_HOME` set.
+pub fn mvm(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("mvm").unwrap();
+    c.env("MVM_HOME", home)
+        .env_remove("MVM_BACKEND")
+        .timeout(Duration::from_secs(600));
+    c
+}
+
+/// A std Command for `mvm` (for spawning in the background).
+pub fn mvm_std(home: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("mvm"));
+    c.env("MVM_HOME", home).env_remove("MVM_BACKEND");
+    c
+}
+
+/// Whether guests can boot here; prints SKIPPED when not.
+pub fn can_boot(test: &str) -> bool {
+    let ok = [
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/sbin/mkfs.ext4",
+        "/bin/busybox",
+    ]
+    .iter()
+    .all(|p| Path::new(p).exists());
+    if !ok {
+        eprintln!(
+            "SKIPPED: {test}: needs qemu-system-x86, e2fsprogs and busybox-static (run .ci/run or `mvm setup`)"
+        );
+    }
+    ok
+}
+
+/// Build the default image once per test binary (serialised).
+pub fn ensure_image() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        mvm(e2e_home()).args(["image", "build"]).assert().success();
+    });
+}
+
+/// A machine name unique to this test process.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// Pids of VMM processes (qemu/firecracker) whose command line mentions `dir`.
+pub fn vmms_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie
+            && (cmd.contains("qemu-system") || cmd.contains("firecracker"))
+            && cmd.contains(&needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// `mvm ps -a --json` as JSON values.
+pub fn ps(home: &Path) -> Vec<serde_json::Value> {
+    let out = mvm(home).args(["ps", "-a", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Status of machine `name` per `mvm ps -a --json`.
+pub fn status_of(home: &Path, name: &str) -> Option<String> {
+    ps(home)
+        .into_iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m["status"].as_str().unwrap().to_owned())
+}
+
+/// Removes a machine when dropped (tests clean up also when they fail).
+pub struct MachineGuard<'a> {
+    pub home: &'a Path,
+    pub name: String,
+}
+
+impl Drop for MachineGuard<'_> {
+    fn drop(&mut self) {
+        let _ = mvm_std(self.home).args(["rm", "-f", &self.name]).output();
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of the `mvm` binary. Those that boot guests use QEMU
+//! (TCG here) with the real default image; they share one `MVM_HOME` under
+//! the target directory so the image is built once per checkout.
+
+mod cli_basics;
+mod common;
+mod e2e_machines;
+mod e2e_transient;

@@ -1,0 +1,8 @@
+//! Integration tests of mvm-firecracker (one test binary).
+
+mod client;
+mod common;
+mod contract;
+mod install;
+mod real;
+mod vsock;

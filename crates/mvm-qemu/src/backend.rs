@@ -1,0 +1,491 @@
+//! [`QemuBackend`]: discovery of `qemu-system-x86_64`, choice of
+//! accelerator, and the [`VmBackend`] implementation (launch, pause,
+//! resume, shutdown request).
+//!
+//! # Launch sequence
+//!
+//! 1. Stale sockets: `qmp.sock` / `guest.sock` left by a dead VMM are
+//!    removed; if one accepts a connection a live VMM owns the directory and
+//!    the launch fails without touching it.
+//! 2. QEMU is spawned with the argv of [`crate::argv`], stdin from
+//!    `/dev/null`, stdout and stderr into `vmm.log` (truncated), in the
+//!    caller's session (the supervisor is already a session leader). With
+//!    `spec.transient` the child gets `PR_SET_PDEATHSIG=SIGKILL`. The kernel
+//!    sends that signal when the *thread* that forked exits, so call
+//!    `launch` from a runtime worker or the main thread, never from
+//!    `spawn_blocking` (whose threads exit when idle).
+//! 3. While watching the child for an early exit, mvm connects to the agent
+//!    chardev (QEMU waits for that client before it runs the guest), then to
+//!    QMP, negotiates capabilities and checks `query-status` says `running`.
+//! 4. On any failure the child is killed and reaped and the error carries
+//!    the tails of `vmm.log` and `console.log`. If the launch future is
+//!    dropped half-way, the child is killed (tokio reaps it).
+//!
+//! Control operations (pause, resume, shutdown request) each open a fresh
+//! QMP session with a 10 s deadline; the QMP monitor serves one client at
+//! a time, so concurrent callers queue.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mvm_core::InstanceDir;
+use mvm_core::backend::{
+    BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec, kvm_usable,
+};
+use tokio::net::UnixStream;
+
+use crate::argv::{Accel, HostForward, QemuArgs};
+use crate::qmp::{Qmp, QmpError, RunState, connect_unix_retry};
+
+/// The binary name looked up on `PATH`.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// Environment variable naming the QEMU binary explicitly.
+pub const QEMU_BIN_ENV: &str = "MVM_QEMU_BIN";
+/// Environment variable forcing the accelerator (`kvm` or `tcg`).
+pub const QEMU_ACCEL_ENV: &str = "MVM_QEMU_ACCEL";
+
+/// How long a control operation (pause, resume, shutdown) may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `qemu --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reaping a killed child may take.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed launch waits for QEMU to exit on its own before
+/// killing it (to report its exit status and complete log).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+const KIND: BackendKind = BackendKind::Qemu;
+
+fn err(message: impl Into<String>) -> BackendError {
+    BackendError::new(KIND, message)
+}
+
+/// The QEMU `microvm` backend.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    binary: PathBuf,
+    version: String,
+    accel: Accel,
+    accel_reason: String,
+    user_net: Option<Vec<HostForward>>,
+}
+
+/// What [`QemuBackend::doctor`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoctorReport {
+    /// The QEMU binary.
+    pub binary: PathBuf,
+    /// First line of `qemu-system-x86_64 --version`.
+    pub version: String,
+    /// The accelerator mvm will use.
+    pub accel: Accel,
+    /// Why this accelerator.
+    pub accel_reason: String,
+}
+
+impl std::fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "qemu binary:  {}", self.binary.display())?;
+        writeln!(f, "qemu version: {}", self.version)?;
+        write!(f, "accelerator:  {} ({})", self.accel, self.accel_reason)
+    }
+}
+
+impl QemuBackend {
+    /// Find QEMU (`$MVM_QEMU_BIN`, else `qemu-system-x86_64` on `PATH`),
+    /// read its version and choose the accelerator: KVM when
+    /// [`kvm_usable`] says so, TCG otherwise (`$MVM_QEMU_ACCEL` overrides).
+    pub fn detect() -> Result<Self, BackendError> {
+        let binary = find_binary()?;
+        let version = binary_version(&binary)?;
+        let (accel, accel_reason) = match std::env::var(QEMU_ACCEL_ENV).as_deref() {
+            Ok("kvm") => (Accel::Kvm, format!("forced by {QEMU_ACCEL_ENV}=kvm")),
+            Ok("tcg") => (Accel::Tcg, format!("forced by {QEMU_ACCEL_ENV}=tcg")),
+            Ok(other) if !other.is_empty() => {
+                return Err(err(format!(
+                    "{QEMU_ACCEL_ENV}={other:?} is not an accelerator (expected kvm or tcg)"
+                )));
+            }
+            _ => {
+                let kvm = kvm_usable();
+                if kvm.usable {
+                    (Accel::Kvm, kvm.reason)
+                } else {
+                    (Accel::Tcg, format!("software emulation: {}", kvm.reason))
+                }
+            }
+        };
+        Ok(Self {
+            binary,
+            version,
+            accel,
+            accel_reason,
+            user_net: None,
+        })
+    }
+
+    /// A backend with an explicit binary and accelerator (no probing).
+    pub fn new(binary: impl Into<PathBuf>, accel: Accel) -> Self {
+        Self {
+            binary: binary.into(),
+            version: String::new(),
+            accel,
+            accel_reason: "chosen by the caller".into(),
+            user_net: None,
+        }
+    }
+
+    /// Use QEMU user-mode networking (no root, no TAP) with these port
+    /// forwards instead of the spec's TAP device. The spec's `net` must
+    /// still be `Some` (its MAC is used; its TAP name is ignored).
+    pub fn with_user_net(mut self, forwards: Vec<HostForward>) -> Self {
+        self.user_net = Some(forwards);
+        self
+    }
+
+    /// The QEMU binary.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The accelerator.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Binary, version and accelerator, with the reason for the choice.
+    pub fn doctor(&self) -> DoctorReport {
+        DoctorReport {
+            binary: self.binary.clone(),
+            version: self.version.clone(),
+            accel: self.accel,
+            accel_reason: self.accel_reason.clone(),
+        }
+    }
+
+    /// The QEMU command line for `spec` in `dir` (without the program).
+    pub fn args(&self, spec: &VmSpec, dir: &InstanceDir) -> QemuArgs {
+        QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref())
+    }
+
+    /// A fresh QMP session for a control operation on `dir`.
+    async fn qmp(&self, dir: &InstanceDir, what: &str) -> Result<(Qmp, Instant), BackendError> {
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let qmp = Qmp::connect(&dir.qmp_socket(), deadline)
+            .await
+            .map_err(|e| {
+                err(format!("cannot {what} {}: QMP unavailable", dir.name())).with_source(e)
+            })?;
+        Ok((qmp, deadline))
+    }
+
+    /// Run `stop`/`cont` and check `query-status` reports `running`.
+    async fn set_running(&self, dir: &InstanceDir, running: bool) -> Result<(), BackendError> {
+        let what = if running { "resume" } else { "pause" };
+        let (mut q, d) = self.qmp(dir, what).await?;
+        let fail = |e: QmpError| err(format!("cannot {what} {}", dir.name())).with_source(e);
+        if running {
+            q.cont(d).await.map_err(fail)?;
+        } else {
+            q.stop(d).await.map_err(fail)?;
+        }
+        let s = q.query_status(d).await.map_err(fail)?;
+        if s.running != running {
+            return Err(err(format!(
+                "cannot {what} {}: the VM is {:?} after the command",
+                dir.name(),
+                s.status
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn find_binary() -> Result<PathBuf, BackendError> {
+    if let Some(p) = std::env::var_os(QEMU_BIN_ENV).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(err(format!(
+                "{QEMU_BIN_ENV}={} is not an executable file",
+                p.display()
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(QEMU_BINARY))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| {
+            err(format!(
+                "{QEMU_BINARY} not found on PATH (install qemu-system-x86, e.g. `apt-get install qemu-system-x86`, or set {QEMU_BIN_ENV})"
+            ))
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// First line of `<binary> --version`, within [`VERSION_TIMEOUT`].
+fn binary_version(binary: &Path) -> Result<String, BackendError> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("cannot run {} --version", binary.display())).with_source(e))?;
+    // No event to wait on with a timeout in std: poll with bounded backoff.
+    let deadline = Instant::now() + VERSION_TIMEOUT;
+    let mut delay = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err(format!(
+                    "{} --version did not finish within {VERSION_TIMEOUT:?}",
+                    binary.display()
+                )));
+            }
+            Err(e) => {
+                return Err(
+                    err(format!("cannot wait for {} --version", binary.display())).with_source(e),
+                );
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if !status.success() {
+        return Err(err(format!(
+            "{} --version failed ({status})",
+            binary.display()
+        )));
+    }
+    Ok(out.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+/// Remove `path` if it is a socket nobody serves; fail if someone does.
+fn clear_stale_socket(path: &Path) -> Result<(), BackendError> {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(err(format!(
+            "{} is served by a running process (another VMM for this machine?); not starting a second one",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::debug!(path = %path.display(), "removing stale socket");
+            fs_err::remove_file(path)
+                .map_err(|e| err("cannot remove a stale socket").with_source(e))
+        }
+        Err(e) => Err(err(format!("cannot check socket {}", path.display())).with_source(e)),
+    }
+}
+
+/// Owns the spawned child until launch succeeds: dropped (launch future
+/// cancelled) it kills QEMU; tokio reaps the orphan in the background.
+struct ChildGuard(Option<tokio::process::Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> &mut tokio::process::Child {
+        self.0.as_mut().expect("child present until disarmed")
+    }
+    fn disarm(mut self) -> tokio::process::Child {
+        self.0.take().expect("child present until disarmed")
+    }
+    /// Kill and reap (bounded).
+    async fn kill(mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(REAP_TIMEOUT, c.wait()).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+impl QemuBackend {
+    fn command(
+        &self,
+        argv: Vec<OsString>,
+        log: std::fs::File,
+        transient: bool,
+    ) -> io::Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(false);
+        if transient {
+            let parent = rustix::process::getpid();
+            // SAFETY: the closure runs in the forked child before exec; it
+            // only makes raw syscalls (prctl, getppid) and builds errors
+            // from raw errno values — no allocation, no locks — which is
+            // async-signal-safe. `parent` is a plain integer copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))?;
+                    // The parent may have died before prctl took effect.
+                    if rustix::process::getppid() != Some(parent) {
+                        return Err(rustix::io::Errno::SRCH.into());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(cmd)
+    }
+
+    async fn launch_inner(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        clear_stale_socket(&dir.qmp_socket())?;
+        clear_stale_socket(&dir.guest_socket())?;
+        let log = fs_err::File::create(dir.vmm_log())
+            .map_err(|e| err("cannot create the VMM log").with_source(e))?;
+        let argv = self.args(spec, dir).to_argv();
+        tracing::debug!(binary = %self.binary.display(), ?argv, "spawning QEMU");
+        let child = self
+            .command(argv, log.into_parts().0, spec.transient)
+            .and_then(|mut c| c.spawn())
+            .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e))?;
+        let mut guard = ChildGuard(Some(child));
+        let started = Instant::now();
+
+        let ready = async {
+            let guest = connect_unix_retry(&dir.guest_socket(), deadline)
+                .await
+                .map_err(|e| {
+                    err(format!(
+                        "QEMU did not open the guest agent socket {}",
+                        dir.guest_socket().display()
+                    ))
+                    .with_source(e)
+                })?;
+            let mut qmp = Qmp::connect_retry(&dir.qmp_socket(), deadline)
+                .await
+                .map_err(|e| err("QEMU's QMP monitor did not become ready").with_source(e))?;
+            let status = qmp
+                .query_status(deadline)
+                .await
+                .map_err(|e| err("query-status failed").with_source(e))?;
+            if !status.running || status.status != RunState::Running {
+                return Err(err(format!(
+                    "QEMU started but the VM is not running (status {:?})",
+                    status.status
+                )));
+            }
+            Ok::<_, BackendError>(guest)
+        };
+
+        let failure = tokio::select! {
+            r = ready => match r {
+                Ok(guest) => {
+                    tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
+                    return Ok(RunningVmm {
+                        child: guard.disarm(),
+                        guest: Some(guest),
+                    });
+                }
+                Err(e) => e,
+            },
+            status = guard.child().wait() => {
+                let e = match status {
+                    Ok(s) => err(format!("QEMU exited during startup ({s})")),
+                    Err(e) => err("cannot wait for QEMU").with_source(e),
+                };
+                guard.kill().await;
+                return Err(e.with_logs(dir));
+            }
+        };
+        // A socket that closes early usually means QEMU is exiting: unless
+        // the deadline passed, give it a moment to finish so the error
+        // shows its exit status and its complete log.
+        let mut e = failure;
+        if Instant::now() < deadline {
+            if let Ok(Ok(s)) = tokio::time::timeout(EXIT_GRACE, guard.child().wait()).await {
+                e.message = format!("QEMU exited during startup ({s}); {}", e.message);
+            }
+        }
+        guard.kill().await;
+        Err(e.with_logs(dir))
+    }
+}
+
+impl VmBackend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause: true,
+            snapshot: false,
+            accelerated: self.accel == Accel::Kvm,
+        }
+    }
+
+    async fn launch(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        self.launch_inner(spec, dir, deadline).await
+    }
+
+    async fn connect_guest(
+        &self,
+        dir: &InstanceDir,
+        _deadline: Instant,
+    ) -> Result<UnixStream, BackendError> {
+        Err(err(format!(
+            "the QEMU agent chardev {} accepts a single client, which the supervisor of {} already holds (use RunningVmm.guest, or connect to {})",
+            dir.guest_socket().display(),
+            dir.name(),
+            dir.agent_socket().display()
+        )))
+    }
+
+    async fn pause(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        self.set_running(dir, false).await
+    }
+
+    async fn resume(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        self.set_running(dir, true).await
+    }
+
+    async fn request_shutdown(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        let (mut q, d) = self.qmp(dir, "request shutdown of").await?;
+        q.system_powerdown(d)
+            .await
+            .map_err(|e| err(format!("cannot request shutdown of {}", dir.name())).with_source(e))
+    }
+}

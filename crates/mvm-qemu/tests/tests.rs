@@ -1,0 +1,7 @@
+//! Integration tests of the QEMU backend against a real `qemu-system-x86_64`.
+//! Tests that need something absent print `SKIPPED: <reason>` and return.
+
+mod boot;
+mod launch;
+mod qmp;
+mod util;

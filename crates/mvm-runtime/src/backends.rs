@@ -1,0 +1,158 @@
+//! Backend selection and static dispatch over the [`VmBackend`]
+//! implementations (an enum rather than a trait object: the trait's async
+//! methods are not object-safe, and there are exactly two backends).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mvm_core::backend::{
+    BackendChoice, BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec,
+    kvm_usable,
+};
+use mvm_core::config::Config;
+use mvm_core::{InstanceDir, MvmHome};
+use tokio::net::UnixStream;
+
+use crate::RuntimeError;
+
+/// One of the backends.
+pub enum AnyBackend {
+    /// QEMU microvm.
+    Qemu(mvm_qemu::QemuBackend),
+    /// Firecracker.
+    Firecracker(mvm_firecracker::FirecrackerBackend),
+}
+
+/// Why `auto` chose what it chose.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Selection {
+    /// The backend.
+    pub kind: BackendKind,
+    /// The reason, in words.
+    pub reason: String,
+}
+
+/// Resolve `auto`: Firecracker when its binary is present and KVM is usable,
+/// else QEMU.
+pub fn select(choice: BackendChoice, config: &Config, home: &MvmHome) -> Selection {
+    match choice {
+        BackendChoice::Qemu => Selection {
+            kind: BackendKind::Qemu,
+            reason: "requested".into(),
+        },
+        BackendChoice::Firecracker => Selection {
+            kind: BackendKind::Firecracker,
+            reason: "requested".into(),
+        },
+        BackendChoice::Auto => {
+            let kvm = kvm_usable();
+            let fc = firecracker_binary(config, home);
+            match (kvm.usable, fc) {
+                (true, Some(bin)) => Selection {
+                    kind: BackendKind::Firecracker,
+                    reason: format!("KVM is usable and firecracker is at {}", bin.display()),
+                },
+                (false, _) => Selection {
+                    kind: BackendKind::Qemu,
+                    reason: format!(
+                        "KVM is not usable ({}); QEMU runs guests with TCG",
+                        kvm.reason
+                    ),
+                },
+                (true, None) => Selection {
+                    kind: BackendKind::Qemu,
+                    reason: "no firecracker binary (run `mvm setup --backend firecracker`)".into(),
+                },
+            }
+        }
+    }
+}
+
+/// Where the firecracker binary is, if anywhere.
+pub fn firecracker_binary(config: &Config, home: &MvmHome) -> Option<PathBuf> {
+    mvm_firecracker::install::find_binary(config, home).ok()
+}
+
+impl AnyBackend {
+    /// Instantiate the backend of `kind`.
+    pub fn open(kind: BackendKind, config: &Config, home: &MvmHome) -> Result<Self, RuntimeError> {
+        match kind {
+            BackendKind::Qemu => Ok(Self::Qemu(mvm_qemu::QemuBackend::detect()?)),
+            BackendKind::Firecracker => {
+                let bin =
+                    firecracker_binary(config, home).ok_or_else(|| RuntimeError::Missing {
+                        what: "the firecracker binary".into(),
+                        fix: "mvm setup --backend firecracker (or --firecracker-bin PATH)".into(),
+                    })?;
+                Ok(Self::Firecracker(mvm_firecracker::FirecrackerBackend::new(
+                    bin, false,
+                )))
+            }
+        }
+    }
+
+    /// Which backend.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Qemu(b) => b.kind(),
+            Self::Firecracker(b) => b.kind(),
+        }
+    }
+
+    /// Capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Self::Qemu(b) => b.capabilities(),
+            Self::Firecracker(b) => b.capabilities(),
+        }
+    }
+
+    /// See [`VmBackend::launch`].
+    pub async fn launch(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        match self {
+            Self::Qemu(b) => b.launch(spec, dir, deadline).await,
+            Self::Firecracker(b) => b.launch(spec, dir, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::connect_guest`].
+    pub async fn connect_guest(
+        &self,
+        dir: &InstanceDir,
+        deadline: Instant,
+    ) -> Result<UnixStream, BackendError> {
+        match self {
+            Self::Qemu(b) => b.connect_guest(dir, deadline).await,
+            Self::Firecracker(b) => b.connect_guest(dir, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::pause`].
+    pub async fn pause(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        match self {
+            Self::Qemu(b) => b.pause(dir).await,
+            Self::Firecracker(b) => b.pause(dir).await,
+        }
+    }
+
+    /// See [`VmBackend::resume`].
+    pub async fn resume(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        match self {
+            Self::Qemu(b) => b.resume(dir).await,
+            Self::Firecracker(b) => b.resume(dir).await,
+        }
+    }
+
+    /// See [`VmBackend::request_shutdown`].
+    pub async fn request_shutdown(&self, dir: &InstanceDir) -> Result<(), BackendError> {
+        match self {
+            Self::Qemu(b) => b.request_shutdown(dir).await,
+            Self::Firecracker(b) => b.request_shutdown(dir).await,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The per-machine supervisor.
+//!
+//! One supervisor runs per running machine (`mvm __supervise NAME`, in its
+//! own session so it outlives the CLI; or in-process for a transient
+//! `mvm exec`). It
+//! 1. launches the VMM as its child through the backend,
+//! 2. takes the one stream to the guest agent and waits for the agent's
+//!    handshake (the moment the machine is "ready"),
+//! 3. serves `<instance>/agent.sock`, multiplexing every client onto that
+//!    stream,
+//! 4. waits for the VMM to exit and records how it ended,
+//! 5. removes its sockets.
+//!
+//! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
+//! for the detached supervisor).
+
+use std::time::{Duration, Instant};
+
+use mvm_core::process::ProcessIdentity;
+use mvm_core::registry::Registry;
+use mvm_core::{InstanceDir, Status};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+use crate::RuntimeError;
+use crate::backends::AnyBackend;
+use crate::machine::Runtime;
+
+/// How long the VMM may take to accept its configuration.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the guest may take from launch to the agent's handshake
+/// (generous: TCG boots take ~5 s on an idle machine, more under load).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Progress of a supervisor, as seen by the process that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// The VMM accepted its configuration and started the guest.
+    Started {
+        /// VMM pid.
+        vmm_pid: u32,
+        /// Milliseconds from supervisor start to this moment.
+        launch_ms: u64,
+    },
+    /// The guest agent answered.
+    Ready {
+        /// Milliseconds from `started` to the agent's handshake.
+        boot_ms: u64,
+    },
+    /// Start failed; nothing is left running.
+    Failed {
+        /// Why, with log tails.
+        message: String,
+    },
+}
+
+/// How a supervised VMM ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Human description ("exited with code 0", "killed by signal 9").
+    pub description: String,
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".to_string(),
+    }
+}
+
+/// Remove the machine's runtime sockets (never its data).
+pub fn remove_sockets(dir: &InstanceDir) {
+    for p in [
+        dir.agent_socket(),
+        dir.guest_socket(),
+        dir.qmp_socket(),
+        dir.api_socket(),
+    ] {
+        match fs_err::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
+/// Record that no VMM runs any more. Idempotent; safe to call from the
+/// supervisor and from `mvm stop` racing each other.
+pub fn record_stopped(
+    registry: &Registry,
+    name: &str,
+    last_exit: Option<String>,
+    error: Option<String>,
+) -> Result<(), RuntimeError> {
+    registry.update(name, |r| {
+        r.status = Status::Stopped;
+        r.vmm = None;
+        r.supervisor = None;
+        if last_exit.is_some() {
+            r.last_exit = last_exit;
+        }
+        if error.is_some() {
+            r.error = error;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Run the supervisor for machine `name`, whose record the caller has put
+/// in [`Status::Starting`]. Returns when the VMM has exited (or failed to
+/// start). `notify` receives [`Event`]s.
+pub async fn supervise(
+    rt: &Runtime,
+    name: &str,
+    mut notify: impl FnMut(Event),
+) -> Result<Ended, RuntimeError> {
+    let t0 = Instant::now();
+    let registry = &rt.registry;
+    let dir = registry.dir(name);
+    let me = ProcessIdentity::current();
+    let (record, ()) = registry.update(name, |r| {
+        r.supervisor = Some(me);
+        r.error = None;
+        Ok(())
+    })?;
+
+    let fail = |message: String| -> RuntimeError {
+        RuntimeError::StartFailed {
+            name: name.to_owned(),
+            message,
+        }
+    };
+
+    let prepared = async {
+        let backend = AnyBackend::open(record.backend, &rt.config, &rt.home)?;
+        let spec = rt.spec_for(&record)?;
+        remove_sockets(&dir);
+        Ok::<_, RuntimeError>((backend, spec))
+    }
+    .await;
+    let (backend, spec) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            let msg = crate::error_chain(&e);
+            record_stopped(registry, name, None, Some(msg.clone()))?;
+            notify(Event::Failed { message: msg });
+            return Err(e);
+        }
+    };
+
+    let mut running = match backend
+        .launch(&spec, &dir, Instant::now() + LAUNCH_TIMEOUT)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            record_stopped(registry, name, None, Some(msg.clone()))?;
+            notify(Event::Failed {
+                message: msg.clone(),
+            });
+            return Err(fail(msg));
+        }
+    };
+    let vmm_pid = running.child.id().unwrap_or_default();
+    let vmm = ProcessIdentity::of(vmm_pid);
+    registry.update(name, |r| {
+        r.vmm = vmm;
+        r.started_at = Some(time::OffsetDateTime::now_utc());
+        Ok(())
+    })?;
+    let launch_ms = t0.elapsed().as_millis() as u64;
+    notify(Event::Started { vmm_pid, launch_ms });
+    let t_started = Instant::now();
+
+    // Everything from here on must end with the VMM gone if it fails.
+    let ready = async {
+        let guest = match running.guest.take() {
+            Some(s) => s,
+            None => {
+                backend
+                    .connect_guest(&dir, Instant::now() + BOOT_TIMEOUT)
+                    .await?
+            }
+        };
+        let link = mvm_agent_proto::mux::wait_guest_ready(guest, Instant::now() + BOOT_TIMEOUT)
+            .await
+            .map_err(|e| {
+                mvm_core::backend::BackendError::new(
+                    backend.kind(),
+                    format!("the guest agent did not answer: {e}"),
+                )
+                .with_logs(&dir)
+            })?;
+        let listener = UnixListener::bind(dir.agent_socket())?;
+        Ok::<_, RuntimeError>((link, listener))
+    };
+    let ready = tokio::select! {
+        r = ready => r,
+        status = running.child.wait() => {
+            let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
+            Err(fail(format!(
+                "the VMM {desc} before the guest agent answered{}",
+                mvm_core::backend::BackendError::new(backend.kind(), "").with_logs(&dir)
+            )))
+        }
+    };
+    let (link, listener) = match ready {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = running.child.start_kill();
+            let status = running.child.wait().await.ok();
+            let msg = crate::error_chain(&e);
+            remove_sockets(&dir);
+            record_stopped(registry, name, status.map(describe), Some(msg.clone()))?;
+            notify(Event::Failed { message: msg });
+            return Err(e);
+        }
+    };
+
+    registry.update(name, |r| {
+        if r.status == Status::Starting {
+            Registry::set_status(r, Status::Running)?;
+        }
+        Ok(())
+    })?;
+    notify(Event::Ready {
+        boot_ms: t_started.elapsed().as_millis() as u64,
+    });
+
+    // Serve clients until the VMM exits. A lost guest stream does not end
+    // the machine (the guest may be rebooting or shutting down); the VMM's
+    // exit does.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let serve = mvm_agent_proto::mux::serve(link, listener, std::future::pending::<()>());
+    tokio::pin!(serve);
+    let mut serving = true;
+    let status = loop {
+        tokio::select! {
+            status = running.child.wait() => break status,
+            r = &mut serve, if serving => {
+                serving = false;
+                if let Err(e) = r {
+                    tracing::info!("guest agent stream ended: {e}");
+                }
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: killing the VMM");
+                let _ = running.child.start_kill();
+            }
+        }
+    };
+    let description = status
+        .map(describe)
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    tracing::info!("VMM {description}");
+    remove_sockets(&dir);
+    record_stopped(registry, name, Some(description.clone()), None)?;
+    Ok(Ended { description })
+}
