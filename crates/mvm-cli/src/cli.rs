@@ -9,11 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "mvm", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Show each step (repeat for more detail).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// Show each step (repeat for more detail). Goes before the subcommand
+    /// (`mvm -v exec ...`), because `-v` after `run` is `--volume`, as in Docker.
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only print errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true)]
     pub quiet: bool,
     /// The command.
     #[command(subcommand)]

@@ -236,6 +236,9 @@ pub async fn exec_transient(
     create: CreateOptions,
     opts: &ExecOptions,
 ) -> Result<(ExecOutcome, TransientTimings), RuntimeError> {
+    // Register for SIGINT/SIGTERM/SIGHUP before anything exists, so no
+    // signal can kill us between creating the machine and watching for it.
+    let mut interrupt = Interrupts::new()?;
     let mut timings = TransientTimings {
         image_ms,
         ..Default::default()
@@ -300,14 +303,13 @@ pub async fn exec_transient(
     // the command is done, kill the VMM; the supervisor then returns.
     tokio::pin!(supervise);
     tokio::pin!(drive);
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let result = tokio::select! {
         r = &mut drive => r,
         r = &mut supervise => match r {
             Ok(ended) => Err(RuntimeError::StartFailed { name: name.clone(), message: format!("the VMM {} before the command finished", ended.description) }),
             Err(e) => Err(e),
         },
-        _ = &mut interrupted => Ok(ExecOutcome::Interrupted),
+        _ = interrupt.recv() => Ok(ExecOutcome::Interrupted),
     };
     let td = Instant::now();
     if let Ok((rec, _)) = rt.observe(&name) {
@@ -323,6 +325,33 @@ pub async fn exec_transient(
     timings.command_ms = command_ms.get();
     timings.teardown_ms = td.elapsed().as_millis() as u64;
     result.map(|o| (o, timings))
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered at once (unlike
+/// `tokio::signal::ctrl_c()`, which registers only when first polled).
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// Removes a transient machine (killing its VMM if still alive) on drop,
