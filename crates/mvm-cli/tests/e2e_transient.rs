@@ -4,20 +4,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::{can_boot, e2e_home, ensure_image, mvm, mvm_std, vmms_under, wait_until};
 
-fn transient_dirs(home: &std::path::Path) -> Vec<String> {
-    // Transient machines are the only ones whose record says so.
-    let Ok(rd) = std::fs::read_dir(home.join("instances")) else {
-        return vec![];
-    };
-    rd.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("instance.json"))
-                .is_ok_and(|t| t.contains("\"transient\": true"))
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn transient_exec_separates_streams_and_returns_the_exit_code() {
     if !can_boot("transient_exec_separates_streams") {
@@ -89,6 +75,18 @@ fn transient_exec_timeout_exits_124_and_leaves_nothing() {
     );
 }
 
+/// The instance directory whose supervisor is process `pid` (a transient
+/// `mvm exec` supervises its own machine).
+fn instance_supervised_by(home: &std::path::Path, pid: u32) -> Option<std::path::PathBuf> {
+    let rd = std::fs::read_dir(home.join("instances")).ok()?;
+    rd.flatten().map(|e| e.path()).find(|p| {
+        std::fs::read_to_string(p.join("instance.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["supervisor"]["pid"] == pid)
+    })
+}
+
 #[test]
 fn sigint_during_transient_exec_leaves_no_vmm_and_no_instance() {
     if !can_boot("sigint_during_transient_exec") {
@@ -96,7 +94,6 @@ fn sigint_during_transient_exec_leaves_no_vmm_and_no_instance() {
     }
     ensure_image();
     let home = e2e_home();
-    let before = transient_dirs(home);
     let mut child = mvm_std(home)
         .args(["exec", "--", "sleep", "60"])
         .stdout(std::process::Stdio::null())
@@ -105,10 +102,13 @@ fn sigint_during_transient_exec_leaves_no_vmm_and_no_instance() {
         .unwrap();
     let pid = child.id();
     // Wait until its VMM exists, then interrupt.
+    let mut dir = None;
     let started = wait_until(Duration::from_secs(120), || {
-        transient_dirs(home).len() > before.len() && !vmms_under(&home.join("instances")).is_empty()
+        dir = instance_supervised_by(home, pid);
+        dir.as_ref().is_some_and(|d| !vmms_under(d).is_empty())
     });
     assert!(started, "no transient VMM appeared");
+    let dir = dir.unwrap();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
         rustix::process::Signal::INT,
@@ -116,12 +116,6 @@ fn sigint_during_transient_exec_leaves_no_vmm_and_no_instance() {
     .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    let mine: Vec<String> = transient_dirs(home)
-        .into_iter()
-        .filter(|d| !before.contains(d))
-        .collect();
-    assert!(mine.is_empty(), "left behind: {mine:?}");
-    for d in &mine {
-        assert!(vmms_under(&home.join("instances").join(d)).is_empty());
-    }
+    assert!(!dir.exists(), "left behind: {}", dir.display());
+    assert!(vmms_under(&dir).is_empty(), "VMM left behind");
 }
