@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::RuntimeError;
 use crate::backends::{AnyBackend, select};
-use crate::supervisor::{self, BOOT_TIMEOUT, Event, LAUNCH_TIMEOUT};
+use crate::supervisor::{self, Event, LAUNCH_TIMEOUT, boot_timeout};
 
 /// Size of a machine's own disk, MiB (sparse: costs only what is written).
 pub const DEFAULT_DISK_MIB: u64 = 1024;
@@ -313,12 +313,12 @@ impl Runtime {
         let stdout = child.stdout.take().expect("piped");
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut report = StartReport::default();
-        let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT + BOOT_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT + boot_timeout();
         loop {
             let line = tokio::select! {
                 l = lines.next_line() => l?,
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(RuntimeError::Timeout { what: format!("start of machine {name:?}"), after: LAUNCH_TIMEOUT + BOOT_TIMEOUT });
+                    return Err(RuntimeError::Timeout { what: format!("start of machine {name:?}"), after: LAUNCH_TIMEOUT + boot_timeout() });
                 }
             };
             let Some(line) = line else {

@@ -28,9 +28,20 @@ use crate::machine::Runtime;
 
 /// How long the VMM may take to accept its configuration.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the guest may take from launch to the agent's handshake
-/// (generous: TCG boots take ~5 s on an idle machine, more under load).
+/// How long the guest may take from launch to the agent's handshake by
+/// default (generous: TCG boots take ~5 s on an idle machine, far more
+/// under load).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The boot deadline: `MVM_BOOT_TIMEOUT` seconds, else [`BOOT_TIMEOUT`].
+pub fn boot_timeout() -> Duration {
+    std::env::var("MVM_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(BOOT_TIMEOUT)
+}
 
 /// Progress of a supervisor, as seen by the process that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,9 +179,14 @@ pub async fn supervise(
     };
     let vmm_pid = running.child.id().unwrap_or_default();
     let vmm = ProcessIdentity::of(vmm_pid);
+    // "running" means the VMM runs the guest (as Docker's "running" means
+    // the process runs); the agent's readiness is the separate `ready` event.
     registry.update(name, |r| {
         r.vmm = vmm;
         r.started_at = Some(time::OffsetDateTime::now_utc());
+        if r.status == Status::Starting {
+            Registry::set_status(r, Status::Running)?;
+        }
         Ok(())
     })?;
     let launch_ms = t0.elapsed().as_millis() as u64;
@@ -183,11 +199,11 @@ pub async fn supervise(
             Some(s) => s,
             None => {
                 backend
-                    .connect_guest(&dir, Instant::now() + BOOT_TIMEOUT)
+                    .connect_guest(&dir, Instant::now() + boot_timeout())
                     .await?
             }
         };
-        let link = mvm_agent_proto::mux::wait_guest_ready(guest, Instant::now() + BOOT_TIMEOUT)
+        let link = mvm_agent_proto::mux::wait_guest_ready(guest, Instant::now() + boot_timeout())
             .await
             .map_err(|e| {
                 mvm_core::backend::BackendError::new(
@@ -222,12 +238,6 @@ pub async fn supervise(
         }
     };
 
-    registry.update(name, |r| {
-        if r.status == Status::Starting {
-            Registry::set_status(r, Status::Running)?;
-        }
-        Ok(())
-    })?;
     notify(Event::Ready {
         boot_ms: t_started.elapsed().as_millis() as u64,
     });
