@@ -4,7 +4,9 @@
 //! - `mvm.hostname=NAME` — the guest hostname;
 //! - `mvm.root=/dev/vda` — the block device holding the persistent root
 //!   filesystem (ext4); without it the agent stays on the initramfs;
-//! - `mvm.net=IP/PREFIX,GATEWAY[,DNS]` — static network configuration.
+//! - `mvm.net=IP/PREFIX,GATEWAY[,DNS]` — static network configuration;
+//! - `mvm.mount=LABEL,ro|rw,PATH` (repeatable) — mount the ext4 drive with
+//!   that label at PATH (see [`crate::mounts`]).
 //!
 //! Unknown `mvm.*` keys are reported (the caller logs them) and ignored;
 //! everything else on the command line belongs to the kernel.
@@ -25,6 +27,9 @@ pub enum CmdlineError {
     /// `mvm.hostname` is not a valid hostname.
     #[error("invalid mvm.hostname={0:?}")]
     Hostname(String),
+    /// `mvm.mount` is malformed.
+    #[error("{0}")]
+    Mount(String),
 }
 
 /// Static network parameters from `mvm.net`.
@@ -88,6 +93,8 @@ pub struct BootParams {
     pub root: Option<String>,
     /// `mvm.net`.
     pub net: Option<NetParams>,
+    /// Every `mvm.mount`, in order.
+    pub mounts: Vec<crate::mounts::MountParam>,
     /// Unknown `mvm.*` parameters, as written.
     pub unknown: Vec<String>,
     /// Known parameters whose value was invalid (ignored).
@@ -118,6 +125,10 @@ impl BootParams {
                 "net" => match NetParams::parse(value) {
                     Ok(n) => p.net = Some(n),
                     Err(e) => p.invalid.push(e),
+                },
+                "mount" => match crate::mounts::MountParam::parse(value) {
+                    Ok(m) => p.mounts.push(m),
+                    Err(e) => p.invalid.push(CmdlineError::Mount(e)),
                 },
                 _ => p.unknown.push(word.to_owned()),
             }

@@ -180,6 +180,7 @@ pub fn boot() -> BootParams {
             Err(e) => crate::log!("staying on the initramfs: {e}"),
         }
     }
+    crate::mounts::mount_all(&params.mounts);
     if let Some(h) = &params.hostname {
         set_hostname(h);
     }

@@ -27,6 +27,7 @@ mod files;
 mod init;
 mod log;
 mod modules;
+mod mounts;
 mod reaper;
 mod serve;
 mod shutdown;

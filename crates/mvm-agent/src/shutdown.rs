@@ -2,7 +2,7 @@
 //!
 //! Order: SIGTERM every process, wait (with a deadline, checking with
 //! `kill(-1, 0)` while the reaper collects the exits) for them to go, SIGKILL
-//! what remains, `sync`, remount the root read-only and unmount what can be,
+//! what remains, `sync`, unmount the data drives ([`crate::mounts`]), remount the root read-only and unmount what can be,
 //! then `reboot(RB_AUTOBOOT)`. QEMU runs with `-no-reboot` and Firecracker
 //! exits when the guest reboots, so this ends the VMM. The host already got
 //! its `Done` reply (flushed) before this runs.
@@ -20,9 +20,32 @@ use nix::unistd::Pid;
 /// Grace period between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
 
+/// Whether any user-space process other than us is still alive. (Not
+/// `kill(-1, 0)`: that also "reaches" kernel threads, so it never reports
+/// ESRCH and every shutdown would wait out the whole grace period.)
 fn others_alive() -> bool {
-    // kill(-1, 0) reaches every process but ourselves; ESRCH: none left.
-    kill(Pid::from_raw(-1), None) != Err(Errno::ESRCH)
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return kill(Pid::from_raw(-1), None) != Err(Errno::ESRCH);
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != 1 && pid != me)
+        .any(|pid| {
+            let Ok(stat) = fs_err::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the parenthesised name: state, ppid, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut f = rest.split_whitespace();
+            let state = f.next().unwrap_or("Z");
+            let ppid = f.next().unwrap_or("0");
+            // Kernel threads are kthreadd (2) and its children; zombies are
+            // already gone (the reaper collects them).
+            pid != 2 && ppid != "2" && state != "Z" && state != "X"
+        })
 }
 
 async fn wait_gone(deadline: Instant) {
@@ -52,6 +75,7 @@ pub async fn power_off(pid1: bool) -> ! {
 pub fn final_steps() -> ! {
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
+    crate::mounts::unmount_all();
     for m in ["/tmp", "/run", "/dev/shm", "/dev/pts"] {
         let _ = umount2(m, MntFlags::MNT_DETACH);
     }
