@@ -137,18 +137,29 @@ impl BootParams {
     }
 }
 
-/// Configure the guest network from `mvm.net`.
-///
-/// NETWORKING HOOK: for now this only logs; the networking work fills it in
-/// (address, route, resolv.conf) with netlink, not by running `ip`.
-pub fn configure_network(net: &NetParams) {
-    crate::log!(
-        "network: {}/{} via {} dns {:?} (configuration not implemented yet)",
-        net.addr,
-        net.prefix,
-        net.gateway,
-        net.dns
-    );
+/// Configure the guest network from `mvm.net` (netlink, via
+/// `mvm_net::guest`): bring up `lo` and `eth0`, add the address and the
+/// default route, write `/etc/resolv.conf` and `/etc/hosts`. Failures are
+/// logged; the agent still serves (the host can see the error in the
+/// console log).
+pub fn configure_network(net: &NetParams, hostname: Option<&str>) {
+    let (IpAddr::V4(ip), IpAddr::V4(gateway)) = (net.addr, net.gateway) else {
+        crate::log!("network: only IPv4 is supported, got {}", net.addr);
+        return;
+    };
+    let guest = mvm_net::cmdline::GuestNet {
+        ip,
+        prefix: net.prefix,
+        gateway,
+        dns: match net.dns {
+            Some(IpAddr::V4(d)) => vec![d],
+            _ => vec![],
+        },
+    };
+    match mvm_net::guest::configure("eth0", &guest, hostname) {
+        Ok(()) => crate::log!("network: eth0 {}/{} via {}", ip, net.prefix, gateway),
+        Err(e) => crate::log!("network: configuring eth0 failed: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ pub fn boot() -> BootParams {
         set_hostname(h);
     }
     if let Some(net) = &params.net {
-        configure_network(net);
+        configure_network(net, params.hostname.as_deref());
     }
     params
 }

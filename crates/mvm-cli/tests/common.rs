@@ -36,7 +36,9 @@ pub fn mvm(home: &Path) -> Command {
 /// A std Command for `mvm` (for spawning in the background).
 pub fn mvm_std(home: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("mvm"));
-    c.env("MVM_HOME", home).env_remove("MVM_BACKEND");
+    c.env("MVM_HOME", home)
+        .env_remove("MVM_BACKEND")
+        .env("MVM_NETWORK", "none");
     c
 }
 
@@ -141,4 +143,52 @@ impl Drop for MachineGuard<'_> {
     fn drop(&mut self) {
         let _ = mvm_std(self.home).args(["rm", "-f", &self.name]).output();
     }
+}
+
+/// The real Firecracker binary to test against (`MVM_FIRECRACKER_BIN`), or
+/// `None` after printing `SKIPPED: ...`.
+pub fn firecracker_bin(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("MVM_FIRECRACKER_BIN").filter(|v| !v.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            eprintln!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})");
+            None
+        }
+    }
+}
+
+/// A `GET` on a Firecracker API socket, as JSON.
+pub fn fc_get(socket: &Path, path: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = mvm_firecracker::api::Client::new(socket);
+    rt.block_on(async {
+        match path {
+            "/" => serde_json::to_value(client.describe_instance().await.unwrap()).unwrap(),
+            "/vm/config" => serde_json::to_value(client.vm_config().await.unwrap()).unwrap(),
+            other => panic!("fc_get: unsupported path {other}"),
+        }
+    })
+}
+
+/// `curl --unix-socket SOCKET http://localhost/PATH` as JSON, when curl is
+/// installed (the acceptance check as a user would run it).
+pub fn curl_get(socket: &Path, path: &str) -> Option<serde_json::Value> {
+    if !Path::new("/usr/bin/curl").exists() {
+        return None;
+    }
+    let out = std::process::Command::new("/usr/bin/curl")
+        .args(["-sS", "--max-time", "5", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
 }

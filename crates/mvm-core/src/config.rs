@@ -12,6 +12,7 @@
 //! [network]
 //! subnet = "172.16.0.0/24"
 //! bridge = "mvmbr0"
+//! mode = "nat"                  # default for new machines: nat | none
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,8 @@ pub struct NetworkConfig {
     pub subnet: String,
     /// Bridge name.
     pub bridge: String,
+    /// Default mode of new machines (`nat` or `none`).
+    pub mode: crate::instance::NetworkMode,
 }
 
 impl Default for NetworkConfig {
@@ -71,6 +74,7 @@ impl Default for NetworkConfig {
         Self {
             subnet: "172.16.0.0/24".into(),
             bridge: "mvmbr0".into(),
+            mode: crate::instance::NetworkMode::Nat,
         }
     }
 }
@@ -131,7 +135,8 @@ impl Config {
     }
 
     /// Apply `MVM_BACKEND`, `MVM_FIRECRACKER_BIN`, `MVM_FIRECRACKER_VERSION`,
-    /// `MVM_CPUS`, `MVM_MEMORY`, `MVM_KERNEL`, `MVM_SUBNET`, `MVM_BRIDGE`.
+    /// `MVM_CPUS`, `MVM_MEMORY`, `MVM_KERNEL`, `MVM_SUBNET`, `MVM_BRIDGE`,
+    /// `MVM_NETWORK`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let bad = |var: &str, value: &str, reason: String| ConfigError::Env {
             var: var.into(),
@@ -166,6 +171,13 @@ impl Config {
         }
         if let Some(v) = get("MVM_BRIDGE") {
             self.network.bridge = v;
+        }
+        if let Some(v) = get("MVM_NETWORK") {
+            self.network.mode = match v.as_str() {
+                "nat" => crate::instance::NetworkMode::Nat,
+                "none" => crate::instance::NetworkMode::None,
+                _ => return Err(bad("MVM_NETWORK", &v, "expected nat or none".into())),
+            };
         }
         Ok(())
     }

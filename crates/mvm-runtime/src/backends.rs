@@ -91,6 +91,32 @@ impl AnyBackend {
         }
     }
 
+    /// The backend of machine `rec`, with QEMU user-mode networking (and
+    /// its port forwards) when the machine has NAT networking without a TAP.
+    pub fn for_record(
+        rec: &mvm_core::InstanceRecord,
+        config: &Config,
+        home: &MvmHome,
+    ) -> Result<Self, RuntimeError> {
+        let backend = Self::open(rec.backend, config, home)?;
+        Ok(match backend {
+            Self::Qemu(q) if crate::net::uses_user_net(rec) => {
+                let forwards = rec
+                    .ports
+                    .iter()
+                    .map(|p| mvm_qemu::argv::HostForward {
+                        proto: mvm_qemu::argv::FwdProto::Tcp,
+                        host_addr: p.host_ip.into(),
+                        host_port: p.host_port,
+                        guest_port: p.guest_port,
+                    })
+                    .collect();
+                Self::Qemu(q.with_user_net(forwards))
+            }
+            other => other,
+        })
+    }
+
     /// Which backend.
     pub fn kind(&self) -> BackendKind {
         match self {

@@ -16,6 +16,9 @@ pub enum RuntimeError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] mvm_core::backend::BackendError),
+    /// Data drives, volumes, write-back.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),

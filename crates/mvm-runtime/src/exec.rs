@@ -19,6 +19,12 @@ use crate::machine::{CreateOptions, Runtime};
 /// How long connecting to a running machine's agent may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a transient guest may take to power off before its rw added
+/// directories are written back.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the write-back of added directories may take.
+pub const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Exit status for "the command timed out" (as coreutils `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status for "mvm failed before the command ran".
@@ -303,22 +309,50 @@ pub async fn exec_transient(
     // the command is done, kill the VMM; the supervisor then returns.
     tokio::pin!(supervise);
     tokio::pin!(drive);
+    let mut sup_done = false;
     let result = tokio::select! {
         r = &mut drive => r,
-        r = &mut supervise => match r {
-            Ok(ended) => Err(RuntimeError::StartFailed { name: name.clone(), message: format!("the VMM {} before the command finished", ended.description) }),
-            Err(e) => Err(e),
+        r = &mut supervise => {
+            sup_done = true;
+            match r {
+                Ok(ended) => Err(RuntimeError::StartFailed { name: name.clone(), message: format!("the VMM {} before the command finished", ended.description) }),
+                Err(e) => Err(e),
+            }
         },
         _ = interrupt.recv() => Ok(ExecOutcome::Interrupted),
     };
     let td = Instant::now();
+    let mut result = result;
+    // rw added directories: let the guest unmount and power off, then the
+    // supervisor writes them back once the VMM is gone.
+    let write_back = crate::data::mounts(&dir)
+        .map(|m| m.iter().any(|m| m.host_dir.is_some() && !m.read_only))
+        .unwrap_or(false);
+    if write_back && !sup_done {
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, request_shutdown(&dir)).await;
+        let waited = tokio::select! {
+            r = tokio::time::timeout(SHUTDOWN_TIMEOUT + WRITE_BACK_TIMEOUT, &mut supervise) => r.is_ok(),
+            _ = interrupt.recv() => false,
+        };
+        sup_done = waited;
+        if let Ok((rec, _)) = rt.observe(&name) {
+            if let Some(msg) = rec.error {
+                eprintln!("mvm: error: {msg}");
+                if matches!(result, Ok(ExecOutcome::Exited(0))) {
+                    result = Ok(ExecOutcome::Exited(EXIT_MVM_FAILED));
+                }
+            }
+        }
+    }
     if let Ok((rec, _)) = rt.observe(&name) {
         if let Some(vmm) = rec.vmm {
             let _ = vmm.signal(rustix::process::Signal::KILL);
         }
     }
     // Let the supervisor observe the exit and clean up (bounded).
-    let _ = tokio::time::timeout(Duration::from_secs(10), &mut supervise).await;
+    if !sup_done {
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut supervise).await;
+    }
     drop(guard);
     timings.launch_ms = launch_ms.get();
     timings.boot_ms = boot_ms.get();

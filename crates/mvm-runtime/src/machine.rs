@@ -48,6 +48,10 @@ pub struct CreateOptions {
     pub env: Vec<(String, String)>,
     /// Network mode.
     pub network: NetworkMode,
+    /// Published ports.
+    pub ports: Vec<mvm_core::instance::PortMapping>,
+    /// Volumes, secrets and added directories.
+    pub data: crate::data::DataOptions,
 }
 
 /// How far `start` waits.
@@ -161,12 +165,35 @@ impl Runtime {
         rec.transient = opts.transient;
         rec.env = opts.env.clone();
         rec.network = opts.network;
+        // Bad data input fails before anything is created.
+        crate::data::check(self, Some(&name), &opts.data)?;
         // A transient machine of the default image runs from its initramfs
         // (RAM); everything else gets a writable disk of its own.
         let needs_disk = !(opts.transient && image.kind == mvm_image::ImageKind::Default);
+        rec.ports = opts.ports.clone();
+        if rec.network == NetworkMode::None && !rec.ports.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "-p/--publish needs a network; it cannot be used with --network none".into(),
+            ));
+        }
+        let tap = rec.network == NetworkMode::Nat && crate::net::use_tap();
+        if rec.network == NetworkMode::Nat && !tap && backend == BackendKind::Firecracker {
+            return Err(RuntimeError::Missing {
+                what: "root (CAP_NET_ADMIN) for the Firecracker machine's TAP device".into(),
+                fix: "run mvm as root, or use --network none".into(),
+            });
+        }
+        let net_cfg = if tap {
+            Some(crate::net::config(&self.config)?)
+        } else {
+            None
+        };
         {
             let _g = self.registry.global_lock()?;
             rec.vsock_cid = Some(self.next_cid()?);
+            if let Some(cfg) = &net_cfg {
+                rec.net = Some(crate::net::allocate(&self.registry, cfg, &name)?);
+            }
             let dir = self.registry.create(&rec)?;
             if needs_disk {
                 let disk = dir.disk();
@@ -182,6 +209,11 @@ impl Runtime {
                 });
                 self.registry.save(&rec)?;
             }
+            if let Err(e) = crate::data::attach(self, &mut rec, &dir, &opts.data) {
+                let _ = self.registry.remove(&name);
+                return Err(e.into());
+            }
+            self.registry.save(&rec)?;
         }
         Ok(rec)
     }
@@ -221,6 +253,25 @@ impl Runtime {
         if rec.drives.first().is_some_and(|d| d.role == "root") {
             kernel_args.push("mvm.root=/dev/vda".into());
         }
+        let net = if let Some(alloc) = &rec.net {
+            kernel_args.push(mvm_net::cmdline::format_cmdline(
+                alloc,
+                &crate::net::guest_dns(),
+            ));
+            Some(mvm_core::backend::NetSpec {
+                tap: alloc.tap.clone(),
+                mac: alloc.mac.clone(),
+            })
+        } else if crate::net::uses_user_net(rec) {
+            kernel_args.push(mvm_net::GuestNet::qemu_user().to_cmdline());
+            Some(mvm_core::backend::NetSpec {
+                tap: String::new(),
+                mac: "52:54:00:12:34:56".into(),
+            })
+        } else {
+            None
+        };
+        kernel_args.extend(crate::data::kernel_args(&self.registry.dir(&rec.name))?);
         Ok(VmSpec {
             name: rec.name.clone(),
             cpus: rec.cpus,
@@ -229,7 +280,7 @@ impl Runtime {
             initrd: Some(image.initramfs.clone()),
             kernel_args,
             drives,
-            net: None,
+            net,
             vsock_cid: rec.vsock_cid.unwrap_or(3),
             transient: rec.transient,
         })
@@ -413,14 +464,23 @@ impl Runtime {
         // The supervisor records the exit itself; give it a moment, then
         // make sure the record tells the truth even if it is gone.
         if let Some(sup) = rec.supervisor.filter(|s| s.is_alive()) {
-            let waited =
-                tokio::task::spawn_blocking(move || sup.wait_exit(Duration::from_secs(5))).await;
+            // Longer when it owes a write-back of host directories.
+            let grace = if dir.root().join(crate::data::WRITEBACK_PENDING).exists() {
+                Duration::from_secs(120)
+            } else {
+                Duration::from_secs(5)
+            };
+            let waited = tokio::task::spawn_blocking(move || sup.wait_exit(grace)).await;
             if !matches!(waited, Ok(Ok(()))) {
                 sup.signal(rustix::process::Signal::KILL)?;
             }
         }
         supervisor::remove_sockets(&dir);
+        crate::net::release_tap(&rec);
+        // The supervisor was gone (or killed): write back ourselves.
+        let wb = crate::data::write_back_all(&dir);
         supervisor::record_stopped(&self.registry, name, None, None)?;
+        wb?;
         Ok(())
     }
 
@@ -444,6 +504,9 @@ impl Runtime {
                 });
             }
             self.stop(name, Duration::ZERO).await?;
+        }
+        if let Ok(rec) = self.registry.load(name) {
+            crate::net::release(&self.config, &self.registry, &rec)?;
         }
         self.registry.remove(name)?;
         Ok(())

@@ -147,13 +147,18 @@ pub async fn supervise(
     };
 
     let prepared = async {
-        let backend = AnyBackend::open(record.backend, &rt.config, &rt.home)?;
+        let backend = AnyBackend::for_record(&record, &rt.config, &rt.home)?;
+        crate::data::check_volumes_free(rt, &record)?;
+        crate::data::prepare_start(&record, &dir)?;
         let spec = rt.spec_for(&record)?;
         remove_sockets(&dir);
-        Ok::<_, RuntimeError>((backend, spec))
+        // Host side of the network (bridge, TAP, forwarders); dropped —
+        // TAP deleted, forwarders stopped — when this function returns.
+        let network = crate::net::start(&rt.config, registry, &record).await?;
+        Ok::<_, RuntimeError>((backend, spec, network))
     }
     .await;
-    let (backend, spec) = match prepared {
+    let (backend, spec, _network) = match prepared {
         Ok(x) => x,
         Err(e) => {
             let msg = crate::error_chain(&e);
@@ -194,16 +199,17 @@ pub async fn supervise(
     let t_started = Instant::now();
 
     // Everything from here on must end with the VMM gone if it fails.
+    // One deadline for reaching the agent and its handshake.
+    let boot_deadline = t_started + boot_timeout();
     let ready = async {
         let guest = match running.guest.take() {
             Some(s) => s,
-            None => {
-                backend
-                    .connect_guest(&dir, Instant::now() + boot_timeout())
-                    .await?
-            }
+            None => backend
+                .connect_guest(&dir, boot_deadline)
+                .await
+                .map_err(|e| e.with_logs(&dir))?,
         };
-        let link = mvm_agent_proto::mux::wait_guest_ready(guest, Instant::now() + boot_timeout())
+        let link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
             .await
             .map_err(|e| {
                 mvm_core::backend::BackendError::new(
@@ -269,6 +275,12 @@ pub async fn supervise(
         .unwrap_or_else(|e| format!("unknown ({e})"));
     tracing::info!("VMM {description}");
     remove_sockets(&dir);
-    record_stopped(registry, name, Some(description.clone()), None)?;
+    // Host directories are written back once the VMM is gone.
+    let wb_error = crate::data::write_back_all(&dir).err().map(|e| {
+        let msg = crate::error_chain(&e);
+        tracing::error!("{msg}");
+        msg
+    });
+    record_stopped(registry, name, Some(description.clone()), wb_error)?;
     Ok(Ended { description })
 }

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use mvm_core::instance::NetworkMode;
 use mvm_core::{BackendKind, Status};
 use mvm_runtime::exec::{ExecOptions, exec_in, exec_transient};
 use mvm_runtime::machine::CreateOptions;
@@ -13,8 +12,11 @@ use crate::commands::machines::parse_env;
 use crate::commands::runtime;
 
 pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
-    if a.command.is_empty() {
+    if a.command.is_empty() && a.launch_plan.is_none() {
         bail!("no command given (usage: mvm exec [NAME] -- CMD [ARG...])");
+    }
+    if !a.command.is_empty() && a.launch_plan.is_some() {
+        bail!("give either a command after -- or --launch-plan, not both");
     }
     let rt = runtime()?;
     let mut opts = ExecOptions {
@@ -24,6 +26,21 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         timeout: a.timeout.map(Duration::from_secs),
         stdin: a.interactive,
     };
+    // The launch plan: argv, working directory, and the environment with
+    // precedence app.env < entrypoint.env < -e.
+    if let Some(plan) = &a.launch_plan {
+        let cli_env = a
+            .env
+            .iter()
+            .map(|e| mvm_data::spec::EnvVar::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = mvm_data::plan::load_resolved(plan, &cli_env)?;
+        opts.argv = plan.argv;
+        opts.env = plan.env;
+        if opts.cwd.is_none() {
+            opts.cwd = plan.working_dir.map(|p| p.display().to_string());
+        }
+    }
     if let Some(name) = &a.name {
         let (rec, obs) = rt.observe(name)?;
         if obs.status != Status::Running {
@@ -41,9 +58,16 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         return Ok(outcome.exit_code() as u8);
     }
 
-    if !a.add_dirs.is_empty() || a.launch_plan.is_some() {
-        bail!("--add-dir and --launch-plan are not supported yet");
-    }
+    let home_dir = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let data = mvm_runtime::data::DataOptions {
+        add_dirs: a
+            .add_dirs
+            .iter()
+            .map(|d| mvm_data::spec::AddDir::parse(d, home_dir.as_deref()))
+            .collect::<Result<_, _>>()?,
+        ..Default::default()
+    };
+    mvm_runtime::data::check(&rt, None, &data)?;
     // Transient: set the host up on first use (packages, default image).
     let ti = Instant::now();
     mvm_runtime::host::ensure_base(true)?;
@@ -58,7 +82,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         memory_mib: a.memory,
         transient: true,
         env: Vec::new(),
-        network: NetworkMode::None,
+        network: rt.config.network.mode,
+        ports: Vec::new(),
+        data,
     };
     let _ = BackendKind::Qemu;
     let (outcome, t) = exec_transient(&rt, &image, image_ms, create, &opts).await?;

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use mvm_core::Status;
 use mvm_core::instance::NetworkMode;
 use mvm_runtime::machine::{CreateOptions, WaitFor};
@@ -16,25 +16,40 @@ use crate::commands::runtime;
 pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>> {
     items
         .iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => bail!("invalid environment variable {s:?}: expected KEY=VAL"),
+        .map(|s| {
+            let v = mvm_data::spec::EnvVar::parse(s)?;
+            Ok((v.key, v.value))
         })
         .collect()
 }
 
 pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     let rt = runtime()?;
-    if !a.publish.is_empty() {
-        bail!("-p/--publish is not supported yet (networking is being built)");
-    }
-    if !a.volumes.is_empty() || !a.secrets.is_empty() {
-        bail!("-v/--volume and --secret are not supported yet");
-    }
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| mvm_net::ports::parse_port_spec(p))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(n) = &a.name {
         mvm_core::name::validate(n)?;
     }
+    // Every input is checked before anything is created or booted.
     let env = parse_env(&a.env)?;
+    let home_dir = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let data = mvm_runtime::data::DataOptions {
+        volumes: a
+            .volumes
+            .iter()
+            .map(|v| mvm_data::spec::Volume::parse(v, home_dir.as_deref()))
+            .collect::<Result<_, _>>()?,
+        secrets: a
+            .secrets
+            .iter()
+            .map(|s| mvm_data::spec::Secret::parse(s, home_dir.as_deref()))
+            .collect::<Result<_, _>>()?,
+        add_dirs: Vec::new(),
+    };
+    mvm_runtime::data::check(&rt, a.name.as_deref(), &data)?;
     let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
     let opts = CreateOptions {
         name: a.name.clone(),
@@ -46,8 +61,11 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
         env,
         network: match a.network {
             Some(NetworkArg::None) => NetworkMode::None,
-            _ => NetworkMode::Nat,
+            Some(NetworkArg::Nat) => NetworkMode::Nat,
+            None => rt.config.network.mode,
         },
+        ports,
+        data,
     };
     let rec = rt.create(&opts, &image)?;
     let wait = if a.no_wait {

@@ -18,7 +18,7 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
             .with_context(|| format!("checking --firecracker-bin {}", bin.display()))?;
         eprintln!("mvm: using {} ({version})", bin.display());
         config.firecracker_bin = Some(bin.clone());
-        persist_firecracker_bin(&rt, bin)?;
+        persist_firecracker_bin(&rt, bin, &version)?;
     }
     let wants_fc = a.backend == crate::cli::BackendArg::Firecracker;
     if wants_fc && mvm_runtime::backends::firecracker_binary(&config, &rt.home).is_none() {
@@ -32,7 +32,14 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
             &version,
             std::env::consts::ARCH,
             &bars,
-        )?;
+        )
+        .with_context(|| {
+            format!(
+                "cannot install firecracker {version} from {}; download it yourself and run \
+                 `mvm setup --backend firecracker --firecracker-bin PATH`",
+                mvm_firecracker::install::release_base_url()
+            )
+        })?;
         eprintln!("mvm: installed firecracker {version} at {}", path.display());
     }
     let sel = select(a.backend.into(), &config, &rt.home);
@@ -49,8 +56,13 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
     Ok(0)
 }
 
-/// Remember `--firecracker-bin` in config.toml (keeping the rest).
-fn persist_firecracker_bin(rt: &mvm_runtime::Runtime, bin: &std::path::Path) -> Result<()> {
+/// Remember `--firecracker-bin` and its version in config.toml (keeping
+/// the rest).
+fn persist_firecracker_bin(
+    rt: &mvm_runtime::Runtime,
+    bin: &std::path::Path,
+    version: &str,
+) -> Result<()> {
     let path = rt.home.config_file();
     let mut doc: toml::Table = match fs_err::read_to_string(&path) {
         Ok(t) => t
@@ -62,6 +74,10 @@ fn persist_firecracker_bin(rt: &mvm_runtime::Runtime, bin: &std::path::Path) -> 
     doc.insert(
         "firecracker_bin".into(),
         toml::Value::String(bin.display().to_string()),
+    );
+    doc.insert(
+        "firecracker_version".into(),
+        toml::Value::String(version.to_owned()),
     );
     mvm_core::atomic::write_atomic(&path, doc.to_string().as_bytes(), 0o644)?;
     Ok(())
