@@ -403,6 +403,10 @@ impl Drop for TransientGuard<'_> {
                     let _ = vmm.wait_exit(Duration::from_secs(5));
                 }
             }
+            // Its TAP, and the bridge and NAT rules if it was the last user.
+            if let Err(e) = crate::net::release(&self.rt.config, &self.rt.registry, &rec) {
+                tracing::warn!("{}", crate::error_chain(&e));
+            }
         }
         if let Err(e) = self.rt.registry.remove(&self.name) {
             tracing::warn!("cannot remove transient machine {:?}: {e}", self.name);

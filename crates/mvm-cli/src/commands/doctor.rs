@@ -56,6 +56,28 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
         fix: (!has_default).then(|| "mvm setup".into()),
         package: None,
     });
+    if mvm_runtime::net::use_tap() {
+        match mvm_runtime::net::leftovers(&rt.config, &rt.registry) {
+            Ok(l) => checks.push(Check {
+                name: "network leftovers".into(),
+                ok: l.is_empty(),
+                detail: if l.is_empty() {
+                    "none".into()
+                } else {
+                    l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")
+                },
+                fix: (!l.is_empty()).then(|| "mvm gc".into()),
+                package: None,
+            }),
+            Err(e) => checks.push(Check {
+                name: "network leftovers".into(),
+                ok: false,
+                detail: format!("cannot check: {e}"),
+                fix: None,
+                package: None,
+            }),
+        }
+    }
     let sel = select(BackendChoice::Auto, &rt.config, &rt.home);
     let mut out = std::io::stdout().lock();
     if a.json {

@@ -240,6 +240,17 @@ pub async fn gc() -> Result<u8> {
             removed += 1;
         }
     }
+    // Network objects (TAPs, mvm-tagged rules) that no running machine owns.
+    if mvm_runtime::net::use_tap() {
+        let report = mvm_runtime::net::gc(&rt.config, &rt.registry)?;
+        for l in &report.removed {
+            println!("removed {l}");
+            removed += 1;
+        }
+        for l in &report.kept {
+            eprintln!("mvm: kept {l}");
+        }
+    }
     if removed == 0 {
         eprintln!("mvm: nothing to clean up");
     }
