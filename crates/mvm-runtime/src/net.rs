@@ -154,8 +154,15 @@ pub fn release(
         .into_iter()
         .filter_map(|l| l.record.ok())
         .any(|r| r.name != rec.name && r.net.is_some());
-    if !others {
-        mvm_net::host::teardown_host(&cfg, &mvm_net::nat::Iptables::default()).map_err(net_err)?;
+    // TAPs that still exist belong to machines of another MVM_HOME sharing
+    // this bridge: leave the bridge and rules to them.
+    let ipt = mvm_net::nat::Iptables::default();
+    let foreign_taps = mvm_net::host::leftovers(&cfg, &[], &ipt)
+        .map_err(net_err)?
+        .into_iter()
+        .any(|l| matches!(l, mvm_net::host::Leftover::Tap { .. }));
+    if !others && !foreign_taps {
+        mvm_net::host::teardown_host(&cfg, &ipt).map_err(net_err)?;
     }
     Ok(())
 }

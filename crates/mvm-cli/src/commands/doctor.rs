@@ -64,7 +64,10 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
                 detail: if l.is_empty() {
                     "none".into()
                 } else {
-                    l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")
+                    l.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 },
                 fix: (!l.is_empty()).then(|| "mvm gc".into()),
                 package: None,
