@@ -1,0 +1,103 @@
+//! 20 concurrent *processes* create machines in one registry: every one
+//! gets a distinct name, vsock CID, IP, MAC and TAP name (allocation happens
+//! under the registry's global lock; nothing is booted or configured on the
+//! host by `create`).
+
+use std::process::Command;
+
+const CHILD_ENV: &str = "MVM_ALLOC_TEST_CHILD";
+const TEST_NAME: &str = "concurrent_alloc::twenty_processes_allocate_distinct_identities";
+
+fn fake_image() -> mvm_image::Image {
+    mvm_image::Image {
+        name: "default".into(),
+        digest: "0".repeat(64),
+        kind: mvm_image::ImageKind::Default,
+        kernel: mvm_core::backend::KernelPaths {
+            bzimage: "/nonexistent/bzImage".into(),
+            vmlinux: "/nonexistent/vmlinux".into(),
+        },
+        initramfs: "/nonexistent/initramfs".into(),
+        rootfs: "/nonexistent/rootfs.ext4".into(),
+        kernel_release: "test".into(),
+        dir: "/nonexistent".into(),
+    }
+}
+
+/// In a child process: create one transient machine (no disk) with NAT and
+/// print its record as JSON.
+fn child(home: &str) {
+    let rt = mvm_runtime::Runtime::open(mvm_core::MvmHome::new(home)).unwrap();
+    let opts = mvm_runtime::machine::CreateOptions {
+        name: None,
+        image: "default".into(),
+        backend: mvm_core::backend::BackendChoice::Qemu,
+        cpus: None,
+        memory_mib: None,
+        transient: true,
+        env: vec![],
+        network: mvm_core::instance::NetworkMode::Nat,
+        ports: vec![],
+        data: Default::default(),
+    };
+    let rec = rt.create(&opts, &fake_image()).unwrap();
+    println!("RECORD {}", serde_json::to_string(&rec).unwrap());
+}
+
+#[test]
+fn twenty_processes_allocate_distinct_identities() {
+    if let Ok(home) = std::env::var(CHILD_ENV) {
+        child(&home);
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: {TEST_NAME}: addresses are allocated only as root (TAP networking)");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(&exe)
+                .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, home.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut recs = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("RECORD ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("child printed no record: {text}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        recs.push(v);
+    }
+    let distinct = |f: &dyn Fn(&serde_json::Value) -> String| {
+        let mut v: Vec<String> = recs.iter().map(f).collect();
+        v.sort();
+        v.dedup();
+        v.len()
+    };
+    assert_eq!(distinct(&|r| r["name"].to_string()), 20);
+    assert_eq!(distinct(&|r| r["vsock_cid"].to_string()), 20);
+    assert_eq!(distinct(&|r| r["net"]["ip"].to_string()), 20);
+    assert_eq!(distinct(&|r| r["net"]["mac"].to_string()), 20);
+    assert_eq!(distinct(&|r| r["net"]["tap"].to_string()), 20);
+    for r in &recs {
+        assert!(r["net"]["tap"].as_str().unwrap().len() <= 15);
+    }
+    // The registry agrees with what the processes were told.
+    let rt = mvm_runtime::Runtime::open(mvm_core::MvmHome::new(home.path())).unwrap();
+    assert_eq!(rt.list().unwrap().len(), 20);
+}

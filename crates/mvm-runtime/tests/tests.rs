@@ -1,0 +1,3 @@
+//! Integration tests of the runtime that need no guest.
+
+mod concurrent_alloc;
