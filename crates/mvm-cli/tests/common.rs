@@ -80,11 +80,11 @@ pub fn vmms_under(dir: &Path) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        let Ok(cmd) = fs_err::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = fs_err::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let zombie = state
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));

@@ -59,8 +59,23 @@ fn machine_life_cycle() {
         ])
         .assert()
         .success();
+    // `logs -f` follows the console and ends when the machine stops.
+    let mut follower = mvm_std(home)
+        .args(["logs", "-f", &name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     mvm(home).args(["stop", &name]).assert().success();
     assert_eq!(status_of(home, &name).as_deref(), Some("stopped"));
+    let ended = crate::common::wait_until(Duration::from_secs(10), || {
+        follower.try_wait().unwrap().is_some()
+    });
+    assert!(ended, "logs -f did not end when the machine stopped");
+    let followed = follower.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&followed.stdout).contains("powering off"),
+        "logs -f missed the end of the console"
+    );
     // `ps` without -a hides it.
     let out = mvm(home).args(["ps"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&name));

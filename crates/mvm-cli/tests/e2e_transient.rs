@@ -42,7 +42,7 @@ fn transient_exec_runs_the_guest_kernel() {
         String::from_utf8_lossy(&out.stderr)
     );
     let guest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let host = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_ne!(guest, host.trim(), "the command ran on the host kernel");
     assert!(
         guest.contains("cloud"),
@@ -80,7 +80,7 @@ fn transient_exec_timeout_exits_124_and_leaves_nothing() {
 fn instance_supervised_by(home: &std::path::Path, pid: u32) -> Option<std::path::PathBuf> {
     let rd = std::fs::read_dir(home.join("instances")).ok()?;
     rd.flatten().map(|e| e.path()).find(|p| {
-        std::fs::read_to_string(p.join("instance.json"))
+        fs_err::read_to_string(p.join("instance.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v["supervisor"]["pid"] == pid)

@@ -344,10 +344,10 @@ pub async fn exec_transient(
             }
         }
     }
-    if let Ok((rec, _)) = rt.observe(&name) {
-        if let Some(vmm) = rec.vmm {
-            let _ = vmm.signal(rustix::process::Signal::KILL);
-        }
+    if let Ok((rec, _)) = rt.observe(&name)
+        && let Some(vmm) = rec.vmm
+    {
+        let _ = vmm.signal(rustix::process::Signal::KILL);
     }
     // Let the supervisor observe the exit and clean up (bounded).
     if !sup_done {

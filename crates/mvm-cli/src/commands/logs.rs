@@ -1,7 +1,6 @@
 //! `mvm logs`: the guest console (or the VMM log), optionally followed.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -40,13 +39,33 @@ pub async fn run(a: LogsArgs) -> Result<u8> {
         return Ok(0);
     }
     drop(out);
-    // Follow until the machine stops. The console file only grows while a
-    // VMM writes it; a short read interval is the simplest correct way to
-    // tail a file (as `tail -f` does without inotify).
+    let dir = rt.registry.dir(&rec.name);
+    let name = a.name.clone();
+    // Follow in a blocking thread: it sleeps in read(2) on an inotify fd.
+    tokio::task::spawn_blocking(move || follow(&rt, &name, &dir, file)).await??;
+    Ok(0)
+}
+
+/// Print what is appended to `file` until the machine stops. Wakes on
+/// inotify events of the instance directory: the log growing (IN_MODIFY) or
+/// the record being replaced when the status changes (IN_MOVED_TO), so it
+/// neither polls nor misses the end.
+fn follow(
+    rt: &mvm_runtime::Runtime,
+    name: &str,
+    dir: &mvm_core::InstanceDir,
+    mut file: fs_err::File,
+) -> Result<()> {
+    use rustix::fs::inotify;
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC)?;
+    inotify::add_watch(
+        &fd,
+        dir.root(),
+        inotify::WatchFlags::MODIFY | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CREATE,
+    )?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut events = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     loop {
-        ticker.tick().await;
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
@@ -56,9 +75,12 @@ pub async fn run(a: LogsArgs) -> Result<u8> {
             out.write_all(&buf[..n])?;
             out.flush()?;
         }
-        let (_, obs) = rt.observe(&a.name)?;
+        let (_, obs) = rt.observe(name)?;
         if !obs.status.expects_vmm() {
-            return Ok(0);
+            return Ok(());
         }
+        // Block until something in the instance directory changes.
+        let mut reader = inotify::Reader::new(&fd, &mut events);
+        reader.next()?;
     }
 }
