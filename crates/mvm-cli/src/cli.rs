@@ -83,9 +83,41 @@ pub enum Command {
     Resume(NameArg),
     /// Remove leftovers no registered machine owns.
     Gc,
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Copy a file between the host and a running machine (one side is
+    /// NAME:GUEST_PATH).
+    Cp(CpArgs),
     /// Internal: the per-machine supervisor process.
     #[command(name = "__supervise", hide = true)]
     Supervise(NameArg),
+}
+
+/// `mvm volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List volumes.
+    Ls {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove volumes (not while a machine lists them).
+    Rm {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `mvm cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: a host file or NAME:GUEST_PATH.
+    pub src: String,
+    /// Destination: a host path or NAME:GUEST_PATH.
+    pub dst: String,
 }
 
 /// `mvm setup`.

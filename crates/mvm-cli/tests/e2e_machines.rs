@@ -77,8 +77,9 @@ fn machine_life_cycle() {
         "logs -f missed the end of the console"
     );
     // `ps` without -a hides it.
-    let out = mvm(home).args(["ps"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(&name));
+    let out = mvm(home).args(["ps", "--json"]).output().unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!listed.iter().any(|m| m["name"] == name.as_str()));
     assert!(vmms_under(&home.join("instances").join(&name)).is_empty());
     mvm(home).args(["start", &name]).assert().success();
     mvm(home)

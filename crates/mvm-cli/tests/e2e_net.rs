@@ -93,7 +93,13 @@ fn nat_ports_isolation_and_cleanup() {
         }
     }
     ensure_image();
-    let home = e2e_home();
+    // A registry of its own (machines of other tests live in the host's
+    // network namespace, not in ours), sharing the built image and cache.
+    let own_home = tempfile::Builder::new().prefix("mvm-n").tempdir().unwrap();
+    for shared in ["images", "cache"] {
+        std::os::unix::fs::symlink(e2e_home().join(shared), own_home.path().join(shared)).unwrap();
+    }
+    let home = own_home.path();
     let ns = NetNs::new();
     let pid = std::process::id();
     let (a, b, n) = (

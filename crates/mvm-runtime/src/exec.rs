@@ -329,9 +329,15 @@ pub async fn exec_transient(
         .map(|m| m.iter().any(|m| m.host_dir.is_some() && !m.read_only))
         .unwrap_or(false);
     if write_back && !sup_done {
-        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, request_shutdown(&dir)).await;
+        // The in-process supervisor serves the agent socket: poll it while
+        // the request is under way.
+        let shutdown = async {
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, request_shutdown(&dir)).await;
+            std::future::pending::<()>().await
+        };
         let waited = tokio::select! {
             r = tokio::time::timeout(SHUTDOWN_TIMEOUT + WRITE_BACK_TIMEOUT, &mut supervise) => r.is_ok(),
+            _ = shutdown => false,
             _ = interrupt.recv() => false,
         };
         sup_done = waited;

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use mvm_core::backend::{BackendChoice, kvm_usable};
-use mvm_runtime::backends::{firecracker_binary, select};
+use mvm_runtime::backends::select;
 use mvm_runtime::host::{Check, base_checks};
 
 use crate::cli::DoctorArgs;
@@ -23,19 +23,35 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
         }),
         package: None,
     });
-    let fc = firecracker_binary(&rt.config, &rt.home);
-    checks.push(match &fc {
-        Some(p) => Check {
+    let fc = mvm_firecracker::doctor(&rt.config, &rt.home);
+    checks.push(match (&fc.binary, &fc.version) {
+        (Some(p), Some(v)) => Check {
             name: "firecracker".into(),
             ok: true,
-            detail: match mvm_firecracker::install::check_binary(p) {
-                Ok(v) => format!("{} ({v})", p.display()),
-                Err(e) => format!("{}: {e}", p.display()),
+            detail: if *v == fc.expected_version {
+                format!("{} ({v})", p.display())
+            } else {
+                format!(
+                    "{} ({v}; mvm is tested with {})",
+                    p.display(),
+                    fc.expected_version
+                )
             },
             fix: None,
             package: None,
         },
-        None => Check {
+        (Some(p), None) => Check {
+            name: "firecracker".into(),
+            ok: false,
+            detail: format!(
+                "{}: {}",
+                p.display(),
+                fc.problem.as_deref().unwrap_or("does not run")
+            ),
+            fix: Some("mvm setup --backend firecracker --firecracker-bin PATH".into()),
+            package: None,
+        },
+        (None, _) => Check {
             name: "firecracker".into(),
             ok: false,
             detail: "no firecracker binary".into(),

@@ -1,11 +1,13 @@
 //! One module per subcommand; each calls into the library crates.
 
+mod cp;
 mod doctor;
 mod exec;
 mod image;
 mod logs;
 mod machines;
 mod setup;
+mod volume;
 
 use anyhow::Result;
 use mvm_core::MvmHome;
@@ -45,6 +47,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Pause(a) => machines::pause(a, true).await,
         Command::Resume(a) => machines::pause(a, false).await,
         Command::Gc => machines::gc().await,
+        Command::Volume(c) => volume::run(c),
+        Command::Cp(a) => cp::run(a).await,
         Command::Supervise(a) => machines::supervise(a).await,
     }
 }
