@@ -21,10 +21,10 @@ fn out_ok(o: &std::process::Output) -> String {
 
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
+    for e in fs_err::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.is_file() {
-            let data = std::fs::read(&p).unwrap_or_default();
+            let data = fs_err::read(&p).unwrap_or_default();
             if data.windows(needle.len()).any(|w| w == needle) {
                 hits.push(p.file_name().unwrap().to_string_lossy().into_owned());
             }
@@ -58,7 +58,7 @@ fn config_secrets_and_named_volume() {
         .as_nanos();
     let canary = format!("cnry{nanos:x}q{}", std::process::id());
     let secret = tmp.path().join("token");
-    std::fs::write(&secret, &canary).unwrap();
+    fs_err::write(&secret, &canary).unwrap();
 
     out_ok(
         &mvm(home)
@@ -91,14 +91,14 @@ fn config_secrets_and_named_volume() {
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     let dir = Path::new(v["instance_dir"].as_str().unwrap()).to_owned();
     let pid = v["vmm_pid"].as_u64().unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = fs_err::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         !String::from_utf8_lossy(&cmdline).contains(&canary),
         "VMM command line shows the secret"
     );
     let hits = files_containing(&dir, canary.as_bytes());
     assert_eq!(hits, ["secrets.ext4"], "secret found in {hits:?}");
-    let mode = std::fs::metadata(dir.join("secrets.ext4")).unwrap();
+    let mode = fs_err::metadata(dir.join("secrets.ext4")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600
@@ -152,11 +152,11 @@ fn add_dir_rw_is_written_back_and_ro_is_not_writable() {
     let tmp = tempfile::tempdir().unwrap();
     let proj = tmp.path().join("proj");
     let ro = tmp.path().join("ro");
-    std::fs::create_dir_all(proj.join("sub")).unwrap();
-    std::fs::create_dir_all(&ro).unwrap();
-    std::fs::write(proj.join("old.txt"), "old").unwrap();
-    std::fs::write(proj.join("sub/keep.txt"), "keep").unwrap();
-    std::fs::write(ro.join("a.txt"), "a").unwrap();
+    fs_err::create_dir_all(proj.join("sub")).unwrap();
+    fs_err::create_dir_all(&ro).unwrap();
+    fs_err::write(proj.join("old.txt"), "old").unwrap();
+    fs_err::write(proj.join("sub/keep.txt"), "keep").unwrap();
+    fs_err::write(ro.join("a.txt"), "a").unwrap();
     let t = Instant::now();
     let out = mvm(e2e_home())
         .args(["-v", "exec", "--add-dir"])
@@ -180,16 +180,16 @@ fn add_dir_rw_is_written_back_and_ro_is_not_writable() {
     );
     assert!(err.contains("1 added, 0 changed, 1 deleted"), "{err}");
     assert_eq!(
-        std::fs::read_to_string(proj.join("out.txt")).unwrap(),
+        fs_err::read_to_string(proj.join("out.txt")).unwrap(),
         "new\n"
     );
     assert!(!proj.join("old.txt").exists());
     assert_eq!(
-        std::fs::read_to_string(proj.join("sub/keep.txt")).unwrap(),
+        fs_err::read_to_string(proj.join("sub/keep.txt")).unwrap(),
         "keep"
     );
     assert!(!proj.join("lost+found").exists());
-    let ro_names: Vec<_> = std::fs::read_dir(&ro).unwrap().flatten().collect();
+    let ro_names: Vec<_> = fs_err::read_dir(&ro).unwrap().flatten().collect();
     assert_eq!(ro_names.len(), 1, "the ro dir changed");
 }
 
@@ -201,7 +201,7 @@ fn launch_plan_sets_argv_workdir_and_env() {
     ensure_image();
     let tmp = tempfile::tempdir().unwrap();
     let plan = tmp.path().join("launch.json");
-    std::fs::write(
+    fs_err::write(
         &plan,
         r#"{"apps":[{"name":"t","env":{"A":"app","B":"app","X":"app"},
             "entrypoint":{"command":["/bin/sh","-c","pwd; echo $A $B $X"],
@@ -239,7 +239,7 @@ fn cp_round_trips_a_200_mib_file() {
     {
         // Pseudo-random, so nothing can compress or dedupe it.
         use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        let mut f = std::io::BufWriter::new(fs_err::File::create(&src).unwrap());
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut buf = vec![0u8; 1 << 20];
         for _ in 0..200 {
@@ -252,7 +252,7 @@ fn cp_round_trips_a_200_mib_file() {
             f.write_all(&buf).unwrap();
         }
     }
-    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    fs_err::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let t = Instant::now();
     out_ok(
         &mvm(home)
@@ -286,7 +286,7 @@ fn cp_round_trips_a_200_mib_file() {
             .to_owned()
     };
     assert_eq!(sum(&src), sum(&back));
-    let mode = std::fs::metadata(&back).unwrap().permissions();
+    let mode = fs_err::metadata(&back).unwrap().permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o640
@@ -378,7 +378,7 @@ fn bad_data_input_is_refused_before_anything_is_created() {
         );
     }
     let instances = home.path().join("instances");
-    let left: Vec<_> = std::fs::read_dir(&instances)
+    let left: Vec<_> = fs_err::read_dir(&instances)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "created {left:?}");

@@ -59,9 +59,23 @@ fn assert_config_matches(home: &Path, name: &str, actual: &Value) {
         &actual["machine-config"],
     );
     assert_fields("vsock", &j(&want.vsock), &actual["vsock"]);
+    let ifaces = actual["network-interfaces"].as_array().cloned();
+    match &want.net {
+        Some(n) => {
+            let ifaces = ifaces.expect("network-interfaces");
+            assert_eq!(ifaces.len(), 1, "{ifaces:?}");
+            assert_fields("network-interfaces[0]", &j(n), &ifaces[0]);
+        }
+        None => assert!(ifaces.unwrap_or_default().is_empty()),
+    }
     let drives = actual["drives"].as_array().expect("drives");
     assert_eq!(drives.len(), want.drives.len(), "drives: {drives:?}");
-    for (d, got) in want.drives.iter().zip(drives) {
+    // GET /vm/config does not keep the PUT order: match drives by id.
+    for d in &want.drives {
+        let got = drives
+            .iter()
+            .find(|g| g["drive_id"] == d.drive_id.as_str())
+            .unwrap_or_else(|| panic!("drive {} missing: {drives:?}", d.drive_id));
         assert_fields(&format!("drives[{}]", d.drive_id), &j(d), got);
     }
     // The kernel command line carries mvm's own parameters.
@@ -192,6 +206,14 @@ fn firecracker_run_no_wait_config_pause_resume_stop() {
         assert_eq!(raw["state"], "Running");
     }
 
+    // The TAP, when the machine has one (NAT as root), goes with the VMM.
+    let tap = inspect(home, &name)["record"]["net"]["tap"]
+        .as_str()
+        .map(str::to_owned);
+    if let Some(t) = &tap {
+        assert!(Path::new("/sys/class/net").join(t).exists(), "no TAP {t}");
+    }
+
     // stop --timeout 1 ends this VMM (the guest does not answer
     // Ctrl-Alt-Del) and leaves a hand-started firecracker alone.
     let mut other = Bystander::start(&bin);
@@ -212,7 +234,16 @@ fn firecracker_run_no_wait_config_pause_resume_stop() {
         "VMM {pid} still there"
     );
     assert_eq!(machine_files_gone(&idir), Vec::<PathBuf>::new());
+    if let Some(t) = &tap {
+        let gone = wait_until(Duration::from_secs(5), || {
+            !Path::new("/sys/class/net").join(t).exists()
+        });
+        assert!(gone, "TAP {t} left behind");
+    }
     assert_eq!(status_of(home, &name).as_deref(), Some("stopped"));
+    // A requested stop is not recorded as a failure.
+    let v = inspect(home, &name);
+    assert!(v["status_note"].is_null(), "{}", v["status_note"]);
     assert!(other.alive(), "the hand-started firecracker was killed");
     assert_eq!(fc_get(&other.socket, "/")["state"], "Not started");
 

@@ -63,11 +63,11 @@ pub enum DataError {
         what: String,
         /// Why.
         #[source]
-        source: DriveError,
+        source: Box<DriveError>,
     },
     /// A volume operation failed.
     #[error(transparent)]
-    Volume(#[from] VolumeError),
+    Volume(#[from] Box<VolumeError>),
     /// Writing guest changes back to a host directory failed.
     #[error(
         "cannot write back to {host} (the image {image} is kept; the next stop or start retries)"
@@ -79,7 +79,7 @@ pub enum DataError {
         image: PathBuf,
         /// Why.
         #[source]
-        source: SyncError,
+        source: Box<SyncError>,
     },
     /// The mounts file could not be read or written.
     #[error("cannot {action} {path}")]
@@ -177,7 +177,7 @@ pub fn check(rt: &Runtime, name: Option<&str>, data: &DataOptions) -> Result<(),
     let attached = attached_volumes(rt, name);
     for v in &data.volumes {
         if let Volume::Named { name, .. } = v {
-            VolumeStore::check_not_in_use(name, &attached)?;
+            VolumeStore::check_not_in_use(name, &attached).map_err(Box::new)?;
         }
     }
     let mut guests: Vec<&Path> = vec![Path::new(mvm_data::drive::CONFIG_MOUNT)];
@@ -207,7 +207,7 @@ pub fn check_volumes_free(rt: &Runtime, rec: &InstanceRecord) -> Result<(), Data
     let attached = attached_volumes(rt, Some(&rec.name));
     for d in &rec.drives {
         if let Some(v) = d.role.strip_prefix("volume:") {
-            VolumeStore::check_not_in_use(v, &attached)?;
+            VolumeStore::check_not_in_use(v, &attached).map_err(Box::new)?;
         }
     }
     Ok(())
@@ -215,7 +215,10 @@ pub fn check_volumes_free(rt: &Runtime, rec: &InstanceRecord) -> Result<(), Data
 
 fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> DataError {
     let what = what.into();
-    move |source| DataError::Drive { what, source }
+    move |source| DataError::Drive {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// Build the drives of a new machine (its directory exists, its record is
@@ -302,7 +305,7 @@ pub fn attach(
     }
     for (i, v) in data.volumes.iter().enumerate() {
         if let Volume::Named { name, guest, mode } = v {
-            let (path, created) = store.ensure(name, None)?;
+            let (path, created) = store.ensure(name, None).map_err(Box::new)?;
             if created {
                 tracing::info!("created volume {name:?}");
             }
@@ -410,7 +413,7 @@ pub fn write_back_all(dir: &InstanceDir) -> Result<Vec<(PathBuf, Changes)>, Data
         let wb = |source| DataError::WriteBack {
             host: host.clone(),
             image: image.clone(),
-            source,
+            source: Box::new(source),
         };
         let opts = MirrorOptions::owner_of(&host).map_err(wb)?;
         let changes = mvm_data::sync::write_back(&image, &host, &opts).map_err(wb)?;

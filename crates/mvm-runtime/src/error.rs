@@ -18,7 +18,7 @@ pub enum RuntimeError {
     Backend(#[from] mvm_core::backend::BackendError),
     /// Data drives, volumes, write-back.
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(Box<crate::data::DataError>),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),
@@ -73,4 +73,10 @@ pub enum RuntimeError {
     /// Invalid user input.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<crate::data::DataError> for RuntimeError {
+    fn from(e: crate::data::DataError) -> Self {
+        Self::Data(Box::new(e))
+    }
 }

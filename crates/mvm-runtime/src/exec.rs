@@ -341,12 +341,12 @@ pub async fn exec_transient(
             _ = interrupt.recv() => false,
         };
         sup_done = waited;
-        if let Ok((rec, _)) = rt.observe(&name) {
-            if let Some(msg) = rec.error {
-                eprintln!("mvm: error: {msg}");
-                if matches!(result, Ok(ExecOutcome::Exited(0))) {
-                    result = Ok(ExecOutcome::Exited(EXIT_MVM_FAILED));
-                }
+        if let Ok((rec, _)) = rt.observe(&name)
+            && let Some(msg) = rec.error
+        {
+            eprintln!("mvm: error: {msg}");
+            if matches!(result, Ok(ExecOutcome::Exited(0))) {
+                result = Ok(ExecOutcome::Exited(EXIT_MVM_FAILED));
             }
         }
     }
@@ -404,10 +404,10 @@ struct TransientGuard<'a> {
 impl Drop for TransientGuard<'_> {
     fn drop(&mut self) {
         if let Ok(rec) = self.rt.registry.load(&self.name) {
-            if let Some(vmm) = rec.vmm {
-                if vmm.signal(rustix::process::Signal::KILL).unwrap_or(false) {
-                    let _ = vmm.wait_exit(Duration::from_secs(5));
-                }
+            if let Some(vmm) = rec.vmm
+                && vmm.signal(rustix::process::Signal::KILL).unwrap_or(false)
+            {
+                let _ = vmm.wait_exit(Duration::from_secs(5));
             }
             // Its TAP, and the bridge and NAT rules if it was the last user.
             if let Err(e) = crate::net::release(&self.rt.config, &self.rt.registry, &rec) {

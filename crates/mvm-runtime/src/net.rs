@@ -77,10 +77,10 @@ impl Drop for MachineNetwork {
         for f in &self.forwarders {
             f.abort();
         }
-        if let Some(t) = self.tap.take() {
-            if let Err(e) = t.teardown() {
-                tracing::warn!("{}", crate::error_chain(&e));
-            }
+        if let Some(t) = self.tap.take()
+            && let Err(e) = t.teardown()
+        {
+            tracing::warn!("{}", crate::error_chain(&e));
         }
     }
 }
@@ -127,10 +127,10 @@ pub async fn start(
 
 /// Delete the machine's TAP if it is still there (idempotent).
 pub fn release_tap(rec: &InstanceRecord) {
-    if let Some(alloc) = rec.net.as_ref() {
-        if let Err(e) = mvm_net::host::teardown_machine(alloc) {
-            tracing::warn!("{}", crate::error_chain(&e));
-        }
+    if let Some(alloc) = rec.net.as_ref()
+        && let Err(e) = mvm_net::host::teardown_machine(alloc)
+    {
+        tracing::warn!("{}", crate::error_chain(&e));
     }
 }
 

@@ -225,10 +225,14 @@ pub async fn supervise(
         r = ready => r,
         status = running.child.wait() => {
             let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
-            Err(fail(format!(
-                "the VMM {desc} before the guest agent answered{}",
-                mvm_core::backend::BackendError::new(backend.kind(), "").with_logs(&dir)
-            )))
+            Err(fail(
+                mvm_core::backend::BackendError::new(
+                    backend.kind(),
+                    format!("the VMM {desc} before the guest agent answered"),
+                )
+                .with_logs(&dir)
+                .to_string(),
+            ))
         }
     };
     let (link, listener) = match ready {
@@ -238,7 +242,12 @@ pub async fn supervise(
             let status = running.child.wait().await.ok();
             let msg = crate::error_chain(&e);
             remove_sockets(&dir);
-            record_stopped(registry, name, status.map(describe), Some(msg.clone()))?;
+            // `mvm stop` before the agent answered is not a failure.
+            let stop_requested = registry
+                .load(name)
+                .is_ok_and(|r| r.status == Status::Stopping);
+            let error = (!stop_requested).then(|| msg.clone());
+            record_stopped(registry, name, status.map(describe), error)?;
             notify(Event::Failed { message: msg });
             return Err(e);
         }
