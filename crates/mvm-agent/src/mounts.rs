@@ -310,7 +310,7 @@ mod tests {
             .into_iter()
             .find(|p| Path::new(p).exists());
         let Some(mkfs) = mkfs else {
-            eprintln!("SKIPPED: reads_the_label_of_a_real_ext4_image: no mkfs.ext4");
+            mvm_core::testing::skip("SKIPPED: reads_the_label_of_a_real_ext4_image: no mkfs.ext4");
             return;
         };
         let dir = tempfile::tempdir().unwrap();

@@ -52,9 +52,9 @@ pub fn can_boot(test: &str) -> bool {
     .iter()
     .all(|p| Path::new(p).exists());
     if !ok {
-        eprintln!(
+        mvm_core::testing::skip(&format!(
             "SKIPPED: {test}: needs qemu-system-x86, e2fsprogs and busybox-static (run .ci/run or `mvm setup`)"
-        );
+        ));
     }
     ok
 }
@@ -151,7 +151,7 @@ pub fn firecracker_bin(test: &str) -> Option<PathBuf> {
     match std::env::var_os("MVM_FIRECRACKER_BIN").filter(|v| !v.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
         None => {
-            eprintln!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})");
+            mvm_core::testing::skip(&format!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})"));
             None
         }
     }

@@ -83,12 +83,16 @@ fn nat_ports_isolation_and_cleanup() {
         return;
     }
     if !is_root() {
-        eprintln!("SKIPPED: nat_ports_isolation_and_cleanup: needs root (network namespaces, TAP)");
+        mvm_core::testing::skip(
+            "SKIPPED: nat_ports_isolation_and_cleanup: needs root (network namespaces, TAP)",
+        );
         return;
     }
     for tool in ["/usr/bin/curl", "/usr/sbin/iptables", "/usr/bin/python3"] {
         if !Path::new(tool).exists() && which(tool).is_none() {
-            eprintln!("SKIPPED: nat_ports_isolation_and_cleanup: needs {tool}");
+            mvm_core::testing::skip(&format!(
+                "SKIPPED: nat_ports_isolation_and_cleanup: needs {tool}"
+            ));
             return;
         }
     }

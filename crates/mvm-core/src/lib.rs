@@ -18,6 +18,7 @@ pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
+pub mod testing;
 
 pub use backend::{BackendKind, VmBackend};
 pub use instance::{InstanceRecord, Status};

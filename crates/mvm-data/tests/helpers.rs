@@ -10,7 +10,9 @@ pub fn have_e2fsprogs(test: &str) -> bool {
     for tool in ["mkfs.ext4", "debugfs", "e2fsck", "e2label"] {
         let found = Command::new(tool).arg("-V").output().is_ok();
         if !found {
-            eprintln!("SKIPPED: {test}: {tool} is not installed (apt-get install e2fsprogs)");
+            mvm_core::testing::skip(&format!(
+                "SKIPPED: {test}: {tool} is not installed (apt-get install e2fsprogs)"
+            ));
             return false;
         }
     }

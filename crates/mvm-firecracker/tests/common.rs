@@ -9,7 +9,7 @@ pub fn firecracker_bin(test: &str) -> Option<PathBuf> {
     match std::env::var_os("MVM_FIRECRACKER_BIN").filter(|v| !v.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
         None => {
-            eprintln!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})");
+            mvm_core::testing::skip(&format!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})"));
             None
         }
     }

@@ -63,7 +63,7 @@ fn debugfs(image: &Path, request: &str) -> String {
 #[test]
 fn default_image_builds_is_cached_and_boots() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED: {why}");
+        mvm_core::testing::skip(&format!("SKIPPED: {why}"));
         return;
     }
     let (_dir, home) = temp_home();
@@ -179,7 +179,7 @@ fn boot_under_qemu(img: &mvm_image::Image, dir: &Path) {
     ]
     .into_iter()
     .find(|p| Path::new(p).exists()) else {
-        eprintln!("SKIPPED (boot): qemu-system-x86_64 is not installed");
+        mvm_core::testing::skip("SKIPPED (boot): qemu-system-x86_64 is not installed");
         return;
     };
     let log = dir.join("console.log");
@@ -254,15 +254,15 @@ fn boot_under_qemu(img: &mvm_image::Image, dir: &Path) {
         text.contains("Run /init as init process"),
         "the guest never ran /init:\n{tail}"
     );
-    eprintln!(
-        "SKIPPED (boot): the kernel ran /init but the agent printed no `mvm-agent: ready` (agent incomplete?); console tail:\n{tail}"
+    panic!(
+        "the kernel ran /init but the agent never printed `mvm-agent: ready`; console tail:\n{tail}"
     );
 }
 
 #[test]
 fn custom_images_race_and_remove() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED: {why}");
+        mvm_core::testing::skip(&format!("SKIPPED: {why}"));
         return;
     }
     let (_dir, home) = temp_home();

@@ -12,7 +12,9 @@ pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("SKIPPED: {test}: needs root (network namespaces, TAP, iptables)");
+    mvm_core::testing::skip(&format!(
+        "SKIPPED: {test}: needs root (network namespaces, TAP, iptables)"
+    ));
     true
 }
 

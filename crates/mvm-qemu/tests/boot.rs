@@ -37,15 +37,17 @@ async fn boots_and_talks_over_the_agent_port() {
         std::env::var_os("MVM_TEST_KERNEL"),
         std::env::var_os("MVM_TEST_INITRD"),
     ) else {
-        eprintln!(
-            "SKIPPED: boots_and_talks_over_the_agent_port: set MVM_TEST_KERNEL and MVM_TEST_INITRD"
+        mvm_core::testing::skip(
+            "SKIPPED: boots_and_talks_over_the_agent_port: set MVM_TEST_KERNEL and MVM_TEST_INITRD",
         );
         return;
     };
     let backend = match QemuBackend::detect() {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("SKIPPED: boots_and_talks_over_the_agent_port: {e}");
+            mvm_core::testing::skip(&format!(
+                "SKIPPED: boots_and_talks_over_the_agent_port: {e}"
+            ));
             return;
         }
     };

@@ -10,7 +10,7 @@ pub fn qemu_or_skip(test: &str) -> Option<PathBuf> {
     match mvm_qemu::QemuBackend::detect() {
         Ok(b) => Some(b.binary().to_owned()),
         Err(e) => {
-            eprintln!("SKIPPED: {test}: no QEMU ({e})");
+            mvm_core::testing::skip(&format!("SKIPPED: {test}: no QEMU ({e})"));
             None
         }
     }

@@ -51,7 +51,9 @@ fn twenty_processes_allocate_distinct_identities() {
         return;
     }
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: {TEST_NAME}: addresses are allocated only as root (TAP networking)");
+        mvm_core::testing::skip(&format!(
+            "SKIPPED: {TEST_NAME}: addresses are allocated only as root (TAP networking)"
+        ));
         return;
     }
     let home = tempfile::tempdir().unwrap();
