@@ -151,13 +151,21 @@ pub fn mounts(dir: &InstanceDir) -> Result<Vec<MountEntry>, DataError> {
 
 /// Volumes attached to running machines (other than `except`).
 pub fn attached_volumes(rt: &Runtime, except: Option<&str>) -> Vec<Attachment> {
+    volume_users(rt, true)
+        .into_iter()
+        .filter(|a| Some(a.machine.as_str()) != except)
+        .collect()
+}
+
+/// Which machine records which named volume: all machines, or only those
+/// whose VMM runs.
+pub fn volume_users(rt: &Runtime, running_only: bool) -> Vec<Attachment> {
     let Ok(list) = rt.registry.list() else {
         return Vec::new();
     };
     list.into_iter()
         .filter_map(|l| l.record.ok())
-        .filter(|r| Some(r.name.as_str()) != except)
-        .filter(|r| r.observe().status.expects_vmm())
+        .filter(|r| !running_only || r.observe().status.expects_vmm())
         .flat_map(|r| {
             r.drives
                 .iter()

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use mvm_data::volume::{Attachment, VolumeStore};
+use mvm_data::volume::VolumeStore;
 
 use crate::cli::VolumeCommand;
 use crate::commands::runtime;
@@ -13,22 +13,7 @@ pub fn run(c: VolumeCommand) -> Result<u8> {
     let store = VolumeStore::new(&rt.home);
     // Every machine that records the volume, running or not: removing a
     // volume a stopped machine still lists would break its next start.
-    let attached: Vec<Attachment> = rt
-        .registry
-        .list()?
-        .into_iter()
-        .filter_map(|l| l.record.ok())
-        .flat_map(|r| {
-            r.drives
-                .iter()
-                .filter_map(|d| d.role.strip_prefix("volume:"))
-                .map(|v| Attachment {
-                    machine: r.name.clone(),
-                    volume: v.to_owned(),
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let attached = mvm_runtime::data::volume_users(&rt, false);
     match c {
         VolumeCommand::Ls { json } => {
             let vols = store.list()?;
