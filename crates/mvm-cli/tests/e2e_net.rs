@@ -195,6 +195,21 @@ fn nat_ports_isolation_and_cleanup() {
         .run(&["ip", "-o", "link"])
         .contains(&tap_b)));
     ns.mvm_ok(home, &["gc"]);
+    // Its address is free again (a stopped machine holds none) ...
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ns.mvm_ok(home, &["inspect", &b])).unwrap();
+    assert_eq!(inspect["status"], "stopped");
+    assert!(
+        inspect["record"]["net"].is_null(),
+        "{}",
+        inspect["record"]["net"]
+    );
+    // ... and a restart allocates one again, with a working TAP.
+    ns.mvm_ok(home, &["start", &b]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ns.mvm_ok(home, &["inspect", &b])).unwrap();
+    let ip_b2 = inspect["record"]["net"]["ip"].as_str().unwrap().to_owned();
+    ns.mvm_ok(home, &["exec", &a, "--", "ping", "-c1", "-W2", &ip_b2]);
 
     // rm -f of everything: no TAP, no rule, no supervisor left.
     drop(cleanup);

@@ -248,13 +248,7 @@ pub fn attach(
         mounts.push(m);
     };
 
-    let mut cfg = ConfigJson::new(rec.id.clone(), rec.name.clone());
-    if let Some(n) = &rec.net {
-        cfg.ip = Some(n.ip);
-        cfg.prefix_len = Some(n.prefix);
-        cfg.gateway = Some(n.gateway);
-    }
-    ConfigDrive::build(&dir.config_drive(), &cfg, &[]).map_err(drive_err("config"))?;
+    write_config_drive(rec, dir)?;
     push(
         rec,
         MountEntry {
@@ -377,10 +371,27 @@ pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DataError> {
         .collect()
 }
 
-/// Before a (re)start: finish a write-back still owed, refresh the
-/// host-directory images from the host (not on the first start: `attach`
-/// just built them), and mark rw host directories as owing a write-back.
+/// (Re)build the config drive from the record: the address can change
+/// between starts (a stopped machine holds none).
+pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DataError> {
+    let mut cfg = ConfigJson::new(rec.id.clone(), rec.name.clone());
+    if let Some(n) = &rec.net {
+        cfg.ip = Some(n.ip);
+        cfg.prefix_len = Some(n.prefix);
+        cfg.gateway = Some(n.gateway);
+    }
+    ConfigDrive::build(&dir.config_drive(), &cfg, &[]).map_err(drive_err("config"))?;
+    Ok(())
+}
+
+/// Before a (re)start: rebuild the config drive, finish a write-back still
+/// owed, refresh the host-directory images from the host (not on the first
+/// start: `attach` just built them), and mark rw host directories as owing
+/// a write-back.
 pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DataError> {
+    if dir.config_drive().exists() {
+        write_config_drive(rec, dir)?;
+    }
     let mounts = mounts(dir)?;
     if mounts.iter().all(|m| m.host_dir.is_none()) {
         return Ok(());

@@ -295,6 +295,15 @@ impl Runtime {
 
     /// Move a machine to `Starting`, refusing if it is running.
     fn begin_start(&self, name: &str) -> Result<InstanceRecord, RuntimeError> {
+        // The global lock (taken before the machine's own lock, as
+        // everywhere) covers allocating an address and saving it.
+        let net_cfg = if crate::net::use_tap() {
+            Some(crate::net::config(&self.config)?)
+        } else {
+            None
+        };
+        let _g = self.registry.global_lock()?;
+        let mut alloc_err = None;
         let (rec, ()) = self
             .registry
             .update(name, |r| {
@@ -305,6 +314,18 @@ impl Runtime {
                         Registry::set_status(r, Status::Starting)?;
                         r.vmm = None;
                         r.supervisor = None;
+                        if let Some(cfg) = &net_cfg
+                            && r.network == NetworkMode::Nat
+                            && r.net.is_none()
+                        {
+                            match crate::net::allocate(&self.registry, cfg, name) {
+                                Ok(a) => r.net = Some(a),
+                                Err(e) => {
+                                    alloc_err = Some(e);
+                                    r.status = Status::Stopped;
+                                }
+                            }
+                        }
                         Ok(())
                     }
                     s => Err(RegistryError::BadTransition {
@@ -325,6 +346,9 @@ impl Runtime {
                 },
                 e => e.into(),
             })?;
+        if let Some(e) = alloc_err {
+            return Err(e);
+        }
         Ok(rec)
     }
 

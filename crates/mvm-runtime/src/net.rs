@@ -2,8 +2,8 @@
 //!
 //! - **create** (under the registry's global lock): allocate IP, MAC and TAP
 //!   name from the addresses every registered machine holds, so allocations
-//!   are unique across processes and restarts; a stopped machine keeps its
-//!   address until it is removed.
+//!   are unique across processes and restarts; a stopped machine holds none
+//!   (the supervisor's exit record releases it).
 //! - **start** (in the supervisor, before the VMM launches): make sure the
 //!   bridge and NAT rules exist, create the TAP, bind the port forwarders
 //!   (so a taken host port fails the start, before the guest boots).
@@ -141,12 +141,10 @@ pub fn release(
     registry: &Registry,
     rec: &InstanceRecord,
 ) -> Result<(), RuntimeError> {
-    let Some(alloc) = rec.net.as_ref() else {
+    if rec.network == NetworkMode::None || !use_tap() {
         return Ok(());
-    };
-    if let Err(e) = mvm_net::host::teardown_machine(alloc) {
-        tracing::warn!("{}", crate::error_chain(&e));
     }
+    release_tap(rec);
     let cfg = config(rt_config)?;
     let _g = registry.global_lock()?;
     let others = registry

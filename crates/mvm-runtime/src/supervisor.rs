@@ -110,6 +110,9 @@ pub fn record_stopped(
         r.status = Status::Stopped;
         r.vmm = None;
         r.supervisor = None;
+        // A stopped machine holds no address (as in Docker): the next start
+        // allocates one again, under the global lock.
+        r.net = None;
         if last_exit.is_some() {
             r.last_exit = last_exit;
         }
