@@ -465,7 +465,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Ok(None) => break "the agent closed the stream".to_owned(),
-            Err(e) => break error_chain(&e),
+            Err(e) => break crate::error_chain(&e),
         }
     };
     let mut s = lock(&sessions);
@@ -474,17 +474,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
         slot.credit.close();
         let _ = slot.tx.send(Incoming::Lost(reason.clone()));
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 struct Session {

@@ -106,3 +106,16 @@ pub use message::{
     AgentInfo, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, FileMeta, Hello, Request, Response,
     Role,
 };
+
+/// An error and its causes on one line (`a: b: c`), for logs and for
+/// `Error` frames sent to the peer.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -182,12 +182,12 @@ where
                         }
                     }
                     Ok(None) => break Err(MuxError::GuestLost { reason: "the guest closed the stream".into() }),
-                    Err(e) => break Err(MuxError::GuestLost { reason: crate_error_chain(&e) }),
+                    Err(e) => break Err(MuxError::GuestLost { reason: crate::error_chain(&e) }),
                 }
             }
             w = &mut guest_writer => {
                 let reason = match w {
-                    Ok(Err(e)) => crate_error_chain(&e),
+                    Ok(Err(e)) => crate::error_chain(&e),
                     _ => "guest writer stopped".into(),
                 };
                 break Err(MuxError::GuestLost { reason });
@@ -200,7 +200,7 @@ where
     // flush and shut down) and stop their readers.
     let message = match &result {
         Ok(()) => "the multiplexer is shutting down".to_owned(),
-        Err(e) => crate_error_chain(e),
+        Err(e) => crate::error_chain(e),
     };
     let entries: Vec<ClientEntry> = {
         let mut st = lock(&state);
@@ -330,15 +330,4 @@ async fn client_task(
             guest.send(Frame::new(gsid, Message::Cancel));
         }
     }
-}
-
-fn crate_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -35,18 +35,8 @@ mod shutdown;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use mvm_agent_proto::error_chain;
 use serve::Ctx;
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 enum Mode {
     Unix(PathBuf),

@@ -129,7 +129,10 @@ where
                 // Tell the host why, then close.
                 out.send(Frame::new(
                     0,
-                    Message::Error(ErrorMsg::new(ErrorKind::InvalidRequest, error_chain(&e))),
+                    Message::Error(ErrorMsg::new(
+                        ErrorKind::InvalidRequest,
+                        mvm_agent_proto::error_chain(&e),
+                    )),
                 ));
                 out.flush().await;
                 break Err(ServeError::Stream(e));
@@ -151,17 +154,6 @@ where
         writer.abort();
     }
     result
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn dispatch(ctx: &Ctx, table: &Table, out: &FrameSender, f: Frame) {
