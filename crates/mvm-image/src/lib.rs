@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use agent::{AGENT_BINARY, AGENT_SHA256};
-pub use cmd::CommandError;
+pub use cmd::{CommandError, which};
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;
 pub use modules::ModulesError;

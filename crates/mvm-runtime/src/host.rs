@@ -4,7 +4,6 @@
 //! `apt-get install` (argv, no shell). Elsewhere the check names the exact
 //! command that fixes it.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::Serialize;
@@ -27,20 +26,9 @@ pub struct Check {
     pub package: Option<&'static str>,
 }
 
-/// Find an executable on PATH (or the usual sbin directories, which are not
-/// on a normal user's PATH).
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+/// Find an executable on PATH or in the sbin directories (the image
+/// builder's lookup, so both agree on what is installed).
+pub use mvm_image::which;
 
 fn tool(name: &str, bin: &str, package: &'static str) -> Check {
     match which(bin) {
