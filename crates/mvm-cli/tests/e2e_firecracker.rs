@@ -36,9 +36,9 @@ fn inspect(home: &Path, name: &str) -> Value {
 /// computed from mvm's own record (not from literals).
 fn intended(home: &Path, name: &str) -> BootConfig {
     let rt = mvm_runtime::Runtime::open(MvmHome::new(home)).unwrap();
-    let rec = rt.registry.load(name).unwrap();
-    let spec = rt.spec_for(&rec).unwrap();
-    BootConfig::new(&spec, &rt.registry.dir(name))
+    let rec = rt.registry().load(name).unwrap();
+    let spec = mvm_runtime::supervisor::spec::for_record(&rt, &rec).unwrap();
+    BootConfig::new(&spec, &rt.dir(name))
 }
 
 /// Every field `want` sets has the same value in `got`.
@@ -518,7 +518,7 @@ fn bench_firecracker_start() {
             let p = dir.path().join(format!("{}.img", d.drive_id));
             fs_err::File::create(&p)
                 .unwrap()
-                .set_len(mvm_runtime::machine::DEFAULT_DISK_MIB << 20)
+                .set_len(mvm_runtime::resources::disk::DEFAULT_DISK_MIB << 20)
                 .unwrap();
             d.path_on_host = Some(p);
         }

@@ -75,15 +75,15 @@ fn transient_exec_timeout_exits_124_and_leaves_nothing() {
     );
 }
 
-/// The instance directory whose supervisor is process `pid` (a transient
-/// `mvm exec` supervises its own machine).
+/// The instance directory whose owner is process `pid` (a transient
+/// `mvm exec` owns and supervises its own machine).
 fn instance_supervised_by(home: &std::path::Path, pid: u32) -> Option<std::path::PathBuf> {
     let rd = std::fs::read_dir(home.join("instances")).ok()?;
     rd.flatten().map(|e| e.path()).find(|p| {
         fs_err::read_to_string(p.join("instance.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["supervisor"]["pid"] == pid)
+            .is_some_and(|v| v["owner"]["pid"] == pid)
     })
 }
 

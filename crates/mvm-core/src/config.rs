@@ -9,6 +9,10 @@
 //! memory_mib = 512
 //! kernel = "/path/to/bzImage"   # optional: a kernel of your own
 //!
+//! boot_timeout_secs = 120
+//! qemu_bin = "/usr/bin/qemu-system-x86_64"
+//! qemu_accel = "tcg"           # optional: force kvm | tcg
+//!
 //! [network]
 //! subnet = "172.16.0.0/24"
 //! bridge = "mvmbr0"
@@ -97,6 +101,33 @@ pub struct Config {
     pub kernel: Option<PathBuf>,
     /// Network settings.
     pub network: NetworkConfig,
+    /// Seconds a guest may take from launch to the agent's first answer.
+    pub boot_timeout_secs: u64,
+    /// The QEMU binary (else `qemu-system-x86_64` on `PATH`).
+    pub qemu_bin: Option<PathBuf>,
+    /// Force the QEMU accelerator: `kvm` or `tcg` (else chosen by probing).
+    pub qemu_accel: Option<QemuAccel>,
+}
+
+/// A forced QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    /// Hardware acceleration.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Default boot deadline (generous: TCG boots take ~3-5 s on an idle
+/// machine, far more under load).
+pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+
+impl Config {
+    /// The boot deadline.
+    pub fn boot_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.boot_timeout_secs)
+    }
 }
 
 impl Default for Config {
@@ -109,6 +140,9 @@ impl Default for Config {
             memory_mib: 512,
             kernel: None,
             network: NetworkConfig::default(),
+            boot_timeout_secs: DEFAULT_BOOT_TIMEOUT_SECS,
+            qemu_bin: None,
+            qemu_accel: None,
         }
     }
 }
@@ -134,50 +168,78 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Apply `MVM_BACKEND`, `MVM_FIRECRACKER_BIN`, `MVM_FIRECRACKER_VERSION`,
-    /// `MVM_CPUS`, `MVM_MEMORY`, `MVM_KERNEL`, `MVM_SUBNET`, `MVM_BRIDGE`,
-    /// `MVM_NETWORK`.
+    /// Apply the `MVM_*` settings variables (see [`crate::env`]); an
+    /// invalid value is an error naming the variable.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use crate::env::*;
         let bad = |var: &str, value: &str, reason: String| ConfigError::Env {
             var: var.into(),
             value: value.into(),
             reason,
         };
         let get = |k: &str| get(k).filter(|v| !v.is_empty());
-        if let Some(v) = get("MVM_BACKEND") {
-            self.backend = v.parse().map_err(|e| bad("MVM_BACKEND", &v, e))?;
+        fn num<T: std::str::FromStr<Err = std::num::ParseIntError>>(
+            var: &str,
+            v: &str,
+        ) -> Result<T, ConfigError> {
+            v.parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    var: var.into(),
+                    value: v.into(),
+                    reason: e.to_string(),
+                })
         }
-        if let Some(v) = get("MVM_FIRECRACKER_BIN") {
+        if let Some(v) = get(MVM_BACKEND) {
+            self.backend = v.parse().map_err(|e| bad(MVM_BACKEND, &v, e))?;
+        }
+        if let Some(v) = get(MVM_FIRECRACKER_BIN) {
             self.firecracker_bin = Some(v.into());
         }
-        if let Some(v) = get("MVM_FIRECRACKER_VERSION") {
+        if let Some(v) = get(MVM_FIRECRACKER_VERSION) {
             self.firecracker_version = v;
         }
-        if let Some(v) = get("MVM_CPUS") {
-            self.cpus = v
-                .parse()
-                .map_err(|e: std::num::ParseIntError| bad("MVM_CPUS", &v, e.to_string()))?;
+        if let Some(v) = get(MVM_CPUS) {
+            self.cpus = num(MVM_CPUS, &v)?;
         }
-        if let Some(v) = get("MVM_MEMORY") {
-            self.memory_mib = v
-                .parse()
-                .map_err(|e: std::num::ParseIntError| bad("MVM_MEMORY", &v, e.to_string()))?;
+        if let Some(v) = get(MVM_MEMORY) {
+            self.memory_mib = num(MVM_MEMORY, &v)?;
         }
-        if let Some(v) = get("MVM_KERNEL") {
+        if let Some(v) = get(MVM_KERNEL) {
             self.kernel = Some(v.into());
         }
-        if let Some(v) = get("MVM_SUBNET") {
+        if let Some(v) = get(MVM_SUBNET) {
             self.network.subnet = v;
         }
-        if let Some(v) = get("MVM_BRIDGE") {
+        if let Some(v) = get(MVM_BRIDGE) {
             self.network.bridge = v;
         }
-        if let Some(v) = get("MVM_NETWORK") {
+        if let Some(v) = get(MVM_NETWORK) {
             self.network.mode = match v.as_str() {
                 "nat" => crate::instance::NetworkMode::Nat,
                 "none" => crate::instance::NetworkMode::None,
-                _ => return Err(bad("MVM_NETWORK", &v, "expected nat or none".into())),
+                _ => return Err(bad(MVM_NETWORK, &v, "expected nat or none".into())),
             };
+        }
+        if let Some(v) = get(MVM_BOOT_TIMEOUT) {
+            let secs: u64 = num(MVM_BOOT_TIMEOUT, &v)?;
+            if secs == 0 {
+                return Err(bad(
+                    MVM_BOOT_TIMEOUT,
+                    &v,
+                    "must be at least 1 second".into(),
+                ));
+            }
+            self.boot_timeout_secs = secs;
+        }
+        if let Some(v) = get(MVM_QEMU_BIN) {
+            self.qemu_bin = Some(v.into());
+        }
+        if let Some(v) = get(MVM_QEMU_ACCEL) {
+            self.qemu_accel = Some(match v.as_str() {
+                "kvm" => QemuAccel::Kvm,
+                "tcg" => QemuAccel::Tcg,
+                _ => return Err(bad(MVM_QEMU_ACCEL, &v, "expected kvm or tcg".into())),
+            });
         }
         Ok(())
     }
@@ -214,9 +276,18 @@ mod tests {
         let e = toml::from_str::<Config>("colour = 1").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
         let mut c = Config::default();
-        let e = c
-            .apply_env(|k| (k == "MVM_BACKEND").then(|| "xen".to_string()))
-            .unwrap_err();
-        assert!(e.to_string().contains("MVM_BACKEND"), "{e}");
+        for (var, value) in [
+            ("MVM_BACKEND", "xen"),
+            ("MVM_CPUS", "many"),
+            ("MVM_BOOT_TIMEOUT", "0"),
+            ("MVM_QEMU_ACCEL", "hvf"),
+            ("MVM_NETWORK", "bridge"),
+        ] {
+            let e = c
+                .apply_env(|k| (k == var).then(|| value.to_string()))
+                .unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+            assert!(e.to_string().contains(value), "{e}");
+        }
     }
 }

@@ -15,23 +15,39 @@ use crate::process::ProcessIdentity;
 pub const RECORD_VERSION: u32 = 1;
 
 /// The life-cycle state of a machine.
+///
+/// ```text
+///  Creating ──▶ Created ──▶ Starting ──▶ Running ◀──▶ Paused
+///                              │  ▲          │           │
+///                              │  └─ Stopped ◀── Stopping ◀┘
+///                              └──────────────▶ Stopping / Stopped
+/// ```
+///
+/// The recorded status changes only through [`InstanceRecord::transition`],
+/// which refuses moves the machine cannot make. [`Status::Broken`] is never
+/// recorded by this version: it is what [`InstanceRecord::observe`] reports
+/// when record and reality disagree in a way no recovery can explain (and
+/// what an unreadable record lists as).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The name is claimed and drives are being built; the creating process
+    /// owns the machine.
+    Creating,
     /// Recorded, never started.
     Created,
-    /// The VMM is being launched.
+    /// The owner (the machine's supervisor) is launching the VMM or waiting
+    /// for the guest agent.
     Starting,
-    /// The VMM runs.
+    /// The VMM runs the guest.
     Running,
     /// The VMM runs with its vCPUs paused.
     Paused,
-    /// A stop was requested and is under way.
+    /// A stop was requested and the owner is carrying it out.
     Stopping,
-    /// No VMM runs.
+    /// No VMM runs and nothing of the machine's runtime is left on the host.
     Stopped,
-    /// Record and reality disagree (e.g. VMM alive without its supervisor, or
-    /// an instance directory without a readable record).
+    /// Record and reality disagree (only ever observed, never recorded).
     Broken,
 }
 
@@ -39,30 +55,29 @@ impl Status {
     /// Whether moving from `self` to `next` is a legal transition.
     pub fn can_become(self, next: Status) -> bool {
         use Status::*;
-        matches!(
-            (self, next),
-            (Created, Starting)
-                | (Stopped, Starting)
-                | (Broken, Starting)
-                | (Starting, Running)
-                | (Starting, Stopped)
-                | (Starting, Broken)
-                | (Running, Paused)
-                | (Paused, Running)
-                | (Running, Stopping)
-                | (Paused, Stopping)
-                | (Stopping, Stopped)
-                | (Running, Stopped)
-                | (Paused, Stopped)
-                | (Starting, Stopping)
-                | (Stopping, Broken)
-                | (Running, Broken)
-                | (Paused, Broken)
-                | (Broken, Stopped)
-        ) || self == next
+        self == next
+            || matches!(
+                (self, next),
+                (Creating, Created)
+                    | (Created, Starting)
+                    | (Stopped, Starting)
+                    | (Starting, Running)
+                    | (Starting, Stopping)
+                    | (Starting, Stopped)
+                    | (Running, Paused)
+                    | (Paused, Running)
+                    | (Running, Stopping)
+                    | (Paused, Stopping)
+                    | (Running, Stopped)
+                    | (Paused, Stopped)
+                    | (Stopping, Stopped)
+                    // Records written by earlier versions.
+                    | (Broken, Stopped)
+            )
     }
 
-    /// A VMM is supposed to exist in this state.
+    /// A VMM may exist in this state (its owner is launching, running or
+    /// stopping it).
     pub fn expects_vmm(self) -> bool {
         matches!(
             self,
@@ -70,9 +85,16 @@ impl Status {
         )
     }
 
+    /// The machine is up or on its way up or down: `mvm ps` lists it
+    /// without `-a`.
+    pub fn is_active(self) -> bool {
+        self.expects_vmm() || self == Status::Creating || self == Status::Broken
+    }
+
     /// Lower-case name, as shown by `mvm ps`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Starting => "starting",
             Status::Running => "running",
@@ -88,6 +110,40 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A status change the state machine forbids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("machine {name:?} cannot go from {from} to {to}")]
+pub struct BadTransition {
+    /// The machine.
+    pub name: String,
+    /// Its recorded status.
+    pub from: Status,
+    /// The requested status.
+    pub to: Status,
+}
+
+/// What kind of process owns a machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerRole {
+    /// The machine's supervisor: it runs (or is about to run) the VMM and
+    /// stops it when asked (SIGTERM, after a [`StopRequest`] is recorded).
+    #[default]
+    Supervisor,
+    /// The process creating the machine (`mvm run`, `mvm exec`): it reads
+    /// the [`StopRequest`] when it hands the machine to a supervisor, and is
+    /// never signalled.
+    Creator,
+}
+
+/// A stop asked of the machine's owner (`mvm stop`, `mvm rm -f`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// How long the guest may take to power off before its VMM is killed
+    /// (0: kill at once).
+    pub timeout_ms: u64,
 }
 
 /// Networking mode of a machine.
@@ -129,6 +185,65 @@ pub struct PortMapping {
     pub protocol: String,
 }
 
+/// What a drive is for. Serialized as a string (`root`, `config`,
+/// `secrets`, `volume:NAME`, `hostdir:/path`), as records always were.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum DriveRole {
+    /// The machine's own writable root disk (`/dev/vda`).
+    Root,
+    /// The read-only config drive.
+    Config,
+    /// The secrets drive.
+    Secrets,
+    /// A named volume.
+    Volume(String),
+    /// A host directory copied in (and written back when rw).
+    HostDir(std::path::PathBuf),
+}
+
+impl DriveRole {
+    /// The named volume this drive is, if it is one.
+    pub fn volume(&self) -> Option<&str> {
+        match self {
+            DriveRole::Volume(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl From<DriveRole> for String {
+    fn from(r: DriveRole) -> String {
+        match r {
+            DriveRole::Root => "root".into(),
+            DriveRole::Config => "config".into(),
+            DriveRole::Secrets => "secrets".into(),
+            DriveRole::Volume(v) => format!("volume:{v}"),
+            DriveRole::HostDir(p) => format!("hostdir:{}", p.display()),
+        }
+    }
+}
+
+impl TryFrom<String> for DriveRole {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "root" => DriveRole::Root,
+            "config" => DriveRole::Config,
+            "secrets" => DriveRole::Secrets,
+            _ => {
+                if let Some(v) = s.strip_prefix("volume:") {
+                    DriveRole::Volume(v.to_owned())
+                } else if let Some(p) = s.strip_prefix("hostdir:") {
+                    DriveRole::HostDir(p.into())
+                } else {
+                    return Err(format!("unknown drive role {s:?}"));
+                }
+            }
+        })
+    }
+}
+
 /// A drive attached to a machine, as recorded (host paths only, no content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriveRecord {
@@ -138,8 +253,8 @@ pub struct DriveRecord {
     pub path: std::path::PathBuf,
     /// Attached read-only.
     pub read_only: bool,
-    /// What it is for (root, config, secrets, volume:NAME, ...).
-    pub role: String,
+    /// What it is for.
+    pub role: DriveRole,
 }
 
 /// Everything mvm persists about one machine.
@@ -161,9 +276,11 @@ pub struct InstanceRecord {
     pub cpus: u8,
     /// Memory in MiB.
     pub memory_mib: u32,
-    /// Recorded status (see [`InstanceRecord::observe`] for the truth).
-    pub status: Status,
-    /// Deleted after its one command (transient `mvm exec`).
+    /// Recorded status; changed only through [`InstanceRecord::transition`]
+    /// (see [`InstanceRecord::observe`] for the truth).
+    status: Status,
+    /// Removed after its one command (transient `mvm exec`); a transient
+    /// machine whose owner died is reaped by the next mvm command.
     #[serde(default)]
     pub transient: bool,
     /// Creation time.
@@ -172,22 +289,31 @@ pub struct InstanceRecord {
     /// Last start time.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
-    /// The mvm supervisor process that owns the VMM, while one runs.
+    /// The process that owns the machine while it is created, started, runs
+    /// or stops (the creating CLI, then the supervisor). Informational and
+    /// for signalling: liveness is the owner lock, not this pid.
+    #[serde(default, alias = "supervisor")]
+    pub owner: Option<ProcessIdentity>,
+    /// What [`InstanceRecord::owner`] is.
     #[serde(default)]
-    pub supervisor: Option<ProcessIdentity>,
+    pub owner_role: OwnerRole,
     /// The VMM process, while one runs.
     #[serde(default)]
     pub vmm: Option<ProcessIdentity>,
+    /// A stop the owner must carry out (set by `mvm stop` / `rm -f`).
+    #[serde(default)]
+    pub stop_request: Option<StopRequest>,
     /// How the VMM last ended, e.g. "exited with code 0" or "killed by signal 9".
     #[serde(default)]
     pub last_exit: Option<String>,
-    /// Why the machine is broken or why its last start failed.
+    /// Why the last start failed.
     #[serde(default)]
     pub error: Option<String>,
     /// Network mode.
     #[serde(default)]
     pub network: NetworkMode,
-    /// Allocated network identity, when the machine has a NIC.
+    /// Allocated network identity, while the machine holds one (from start
+    /// to stop; a stopped machine holds no address).
     #[serde(default)]
     pub net: Option<NetAllocation>,
     /// Published ports.
@@ -211,10 +337,14 @@ pub struct Observed {
     pub status: Status,
     /// Why it differs from the record, if it does.
     pub note: Option<String>,
+    /// The owner is gone but left runtime state behind (a VMM, an address,
+    /// an unfinished creation, a transient machine): the next mvm command
+    /// that can take the machine's owner lock recovers it.
+    pub needs_recovery: bool,
 }
 
 impl InstanceRecord {
-    /// A new record in [`Status::Created`].
+    /// A new record in [`Status::Creating`].
     pub fn new(name: &str, image: &str, image_digest: &str, backend: BackendKind) -> Self {
         let id: u64 = rand::random();
         Self {
@@ -226,12 +356,14 @@ impl InstanceRecord {
             backend,
             cpus: 1,
             memory_mib: 512,
-            status: Status::Created,
+            status: Status::Creating,
             transient: false,
             created_at: OffsetDateTime::now_utc(),
             started_at: None,
-            supervisor: None,
+            owner: None,
+            owner_role: OwnerRole::Creator,
             vmm: None,
+            stop_request: None,
             last_exit: None,
             error: None,
             network: NetworkMode::Nat,
@@ -243,43 +375,85 @@ impl InstanceRecord {
         }
     }
 
-    /// Compare the record with the live processes.
+    /// The recorded status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Move to `to`, refusing transitions the state machine forbids.
+    pub fn transition(&mut self, to: Status) -> Result<(), BadTransition> {
+        if !self.status.can_become(to) {
+            return Err(BadTransition {
+                name: self.name.clone(),
+                from: self.status,
+                to,
+            });
+        }
+        self.status = to;
+        Ok(())
+    }
+
+    /// Record that nothing of the machine runs any more: no VMM, no owner,
+    /// no address, no pending stop. Allowed from every state but
+    /// `Creating`/`Created` (which stay as they are: nothing ever ran).
+    pub fn mark_stopped(&mut self, last_exit: Option<String>) {
+        if !matches!(self.status, Status::Creating | Status::Created) {
+            self.status = Status::Stopped;
+        }
+        self.vmm = None;
+        self.owner = None;
+        self.stop_request = None;
+        self.net = None;
+        if last_exit.is_some() {
+            self.last_exit = last_exit;
+        }
+    }
+
+    /// Compare the record with reality. `owner_alive` says whether some
+    /// process holds the machine's owner lock (see
+    /// `Registry::owner_alive`); the VMM's liveness is checked by pid and
+    /// start time.
     ///
-    /// - a VMM-bearing status whose VMM is gone is really `Stopped`;
-    /// - a live VMM whose supervisor is gone is `Broken` (nobody serves its
-    ///   agent socket or records its exit);
-    /// - a live VMM while the record says it is stopped is `Broken`.
-    pub fn observe(&self) -> Observed {
+    /// - With a live owner the recorded status is the truth (the owner keeps
+    ///   it current).
+    /// - With no owner, a machine that was being created, started, run or
+    ///   stopped — or that still has a live VMM or holds an address, or is
+    ///   transient — lost its owner: it is reported as stopped (or broken
+    ///   while a VMM of it still runs) and marked for recovery.
+    pub fn observe(&self, owner_alive: bool) -> Observed {
         let vmm_alive = self.vmm.is_some_and(|p| p.is_alive());
-        let sup_alive = self.supervisor.is_some_and(|p| p.is_alive());
-        let same = |status| Observed { status, note: None };
+        if owner_alive {
+            return Observed {
+                status: self.status,
+                note: None,
+                needs_recovery: false,
+            };
+        }
+        let lost = |status, note: &str| Observed {
+            status,
+            note: Some(note.to_owned()),
+            needs_recovery: true,
+        };
         match self.status {
-            Status::Starting if !vmm_alive && sup_alive => same(Status::Starting),
-            s if s.expects_vmm() => {
-                if !vmm_alive {
-                    Observed {
-                        status: Status::Stopped,
-                        note: Some("the VMM process is gone".into()),
-                    }
-                } else if !sup_alive {
-                    Observed {
-                        status: Status::Broken,
-                        note: Some("the VMM runs but its mvm supervisor is gone".into()),
-                    }
-                } else {
-                    same(s)
-                }
+            Status::Creating => lost(Status::Broken, "its creation was interrupted"),
+            _ if vmm_alive => lost(
+                Status::Broken,
+                "its VMM runs but its owner (the mvm supervisor) is gone",
+            ),
+            s if s.expects_vmm() => lost(Status::Stopped, "its owner (the mvm supervisor) died"),
+            _ if self.transient => lost(Status::Stopped, "transient machine of a finished exec"),
+            _ if self.net.is_some() || self.vmm.is_some() || self.owner.is_some() => {
+                lost(self.status, "runtime state left by a dead owner")
             }
-            s => {
-                if vmm_alive {
-                    Observed {
-                        status: Status::Broken,
-                        note: Some(format!("recorded as {s} but its VMM still runs")),
-                    }
+            s => Observed {
+                status: if s == Status::Broken {
+                    Status::Stopped
                 } else {
-                    same(s)
-                }
-            }
+                    s
+                },
+                note: None,
+                needs_recovery: false,
+            },
         }
     }
 }
@@ -296,46 +470,113 @@ mod tests {
         }
     }
 
+    fn rec(status: Status) -> InstanceRecord {
+        let mut r = InstanceRecord::new("a", "default", "d", BackendKind::Qemu);
+        r.status = status;
+        r
+    }
+
     #[test]
     fn transitions() {
+        assert!(Status::Creating.can_become(Status::Created));
         assert!(Status::Created.can_become(Status::Starting));
         assert!(Status::Running.can_become(Status::Stopping));
+        assert!(Status::Starting.can_become(Status::Stopping));
         assert!(!Status::Created.can_become(Status::Running));
         assert!(!Status::Stopped.can_become(Status::Paused));
         assert!(!Status::Stopped.can_become(Status::Running));
+        assert!(!Status::Running.can_become(Status::Starting));
+        assert!(!Status::Stopping.can_become(Status::Running));
+        let mut r = rec(Status::Stopped);
+        let e = r.transition(Status::Running).unwrap_err();
+        assert_eq!((e.from, e.to), (Status::Stopped, Status::Running));
+        assert_eq!(r.status(), Status::Stopped);
     }
 
     #[test]
-    fn running_with_dead_vmm_is_stopped() {
-        let mut r = InstanceRecord::new("a", "default", "d", BackendKind::Qemu);
-        r.status = Status::Running;
+    fn a_live_owner_is_believed() {
+        for s in [
+            Status::Creating,
+            Status::Starting,
+            Status::Running,
+            Status::Stopping,
+        ] {
+            let o = rec(s).observe(true);
+            assert_eq!((o.status, o.needs_recovery), (s, false));
+        }
+    }
+
+    #[test]
+    fn running_without_owner_is_stopped_and_recovered() {
+        let mut r = rec(Status::Running);
         r.vmm = Some(dead());
-        r.supervisor = Some(ProcessIdentity::current());
-        assert_eq!(r.observe().status, Status::Stopped);
+        let o = r.observe(false);
+        assert_eq!(o.status, Status::Stopped);
+        assert!(o.needs_recovery);
     }
 
     #[test]
-    fn running_with_live_vmm_but_dead_supervisor_is_broken() {
-        let mut r = InstanceRecord::new("a", "default", "d", BackendKind::Qemu);
-        r.status = Status::Running;
+    fn live_vmm_without_owner_is_broken_until_recovered() {
+        let mut r = rec(Status::Stopped);
         r.vmm = Some(ProcessIdentity::current());
-        r.supervisor = Some(dead());
-        assert_eq!(r.observe().status, Status::Broken);
+        let o = r.observe(false);
+        assert_eq!(o.status, Status::Broken);
+        assert!(o.needs_recovery);
     }
 
     #[test]
-    fn stopped_with_live_vmm_is_broken() {
-        let mut r = InstanceRecord::new("a", "default", "d", BackendKind::Qemu);
-        r.status = Status::Stopped;
-        r.vmm = Some(ProcessIdentity::current());
-        assert_eq!(r.observe().status, Status::Broken);
+    fn interrupted_creation_and_dead_transients_are_recovered() {
+        assert!(rec(Status::Creating).observe(false).needs_recovery);
+        let mut t = rec(Status::Created);
+        t.transient = true;
+        assert!(t.observe(false).needs_recovery);
+        let quiet = rec(Status::Stopped).observe(false);
+        assert_eq!(
+            (quiet.status, quiet.needs_recovery),
+            (Status::Stopped, false)
+        );
     }
 
     #[test]
-    fn record_round_trips_through_json() {
+    fn mark_stopped_clears_runtime_state() {
+        let mut r = rec(Status::Running);
+        r.vmm = Some(dead());
+        r.owner = Some(dead());
+        r.stop_request = Some(StopRequest { timeout_ms: 1 });
+        r.mark_stopped(Some("killed by signal 9".into()));
+        assert_eq!(r.status(), Status::Stopped);
+        assert!(r.vmm.is_none() && r.owner.is_none() && r.stop_request.is_none());
+        assert_eq!(r.last_exit.as_deref(), Some("killed by signal 9"));
+        let mut c = rec(Status::Created);
+        c.mark_stopped(None);
+        assert_eq!(c.status(), Status::Created);
+    }
+
+    #[test]
+    fn drive_roles_keep_their_string_form() {
+        for (role, text) in [
+            (DriveRole::Root, "root"),
+            (DriveRole::Volume("data".into()), "volume:data"),
+            (DriveRole::HostDir("/srv/site".into()), "hostdir:/srv/site"),
+        ] {
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("{text:?}"));
+            let back: DriveRole = serde_json::from_str(&format!("{text:?}")).unwrap();
+            assert_eq!(back, role);
+        }
+        assert!(serde_json::from_str::<DriveRole>("\"floppy\"").is_err());
+    }
+
+    #[test]
+    fn record_round_trips_through_json_and_reads_old_field_names() {
         let r = InstanceRecord::new("a", "default", "d", BackendKind::Firecracker);
         let s = serde_json::to_string(&r).unwrap();
         let back: InstanceRecord = serde_json::from_str(&s).unwrap();
         assert_eq!(r, back);
+        let mut v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let me = serde_json::to_value(ProcessIdentity::current()).unwrap();
+        v.as_object_mut().unwrap().remove("owner");
+        v["supervisor"] = me;
+        let old: InstanceRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(old.owner, Some(ProcessIdentity::current()));
     }
 }

@@ -8,17 +8,21 @@
 //! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
 //! - [`backend`]: the one trait every hypervisor backend implements.
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
+//! - [`tools`]: every external program mvm runs, and the one way to run it.
+//! - [`env`]: every `MVM_*` environment variable, named once.
 #![warn(missing_docs)]
 
 pub mod atomic;
 pub mod backend;
 pub mod config;
+pub mod env;
 pub mod instance;
 pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
 pub mod testing;
+pub mod tools;
 
 pub use backend::{BackendKind, VmBackend};
 pub use instance::{InstanceRecord, Status};

@@ -112,6 +112,11 @@ impl InstanceDir {
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }
+    /// The owner lock: held by the machine's owner process for as long as
+    /// it owns the machine (see `Registry::try_own`).
+    pub fn owner_lock(&self) -> PathBuf {
+        self.root.join("owner.lock")
+    }
     /// Guest serial console output.
     pub fn console_log(&self) -> PathBuf {
         self.root.join("console.log")

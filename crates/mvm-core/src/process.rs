@@ -44,6 +44,7 @@ pub enum ProcessError {
 /// Parsed bits of `/proc/<pid>/stat`.
 struct Stat {
     state: char,
+    ppid: u32,
     start_time: u64,
 }
 
@@ -60,6 +61,7 @@ fn parse_stat(s: &str) -> Option<Stat> {
     // rest starts at field 3 (state); start time is field 22 => index 19.
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }
@@ -71,6 +73,13 @@ impl ProcessIdentity {
             pid,
             start_time: st.start_time,
         })
+    }
+
+    /// The parent pid of this process, while it lives.
+    pub fn parent_pid(&self) -> Option<u32> {
+        read_stat(self.pid)
+            .filter(|st| st.start_time == self.start_time)
+            .map(|st| st.ppid)
     }
 
     /// The current process.
@@ -150,6 +159,97 @@ impl ProcessIdentity {
     }
 }
 
+/// The tag mvm puts in the environment ([`crate::env::MVM_MACHINE_TAG`])
+/// of every process it spawns for a machine: `<instance dir>#<record id>`.
+pub fn machine_tag(dir: &crate::InstanceDir, record_id: &str) -> String {
+    format!("{}#{record_id}", dir.root().display())
+}
+
+/// A live process that carries a machine tag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TaggedProcess {
+    /// Which process.
+    pub process: ProcessIdentity,
+    /// The instance directory of the tag.
+    pub instance_dir: std::path::PathBuf,
+    /// The record id of the tag.
+    pub record_id: String,
+    /// Its command line (for reports).
+    pub cmdline: String,
+}
+
+/// Every live process whose machine tag names an instance directory under
+/// `instances_dir`. Reads `/proc/<pid>/environ`, which needs root for other
+/// users' processes; processes that cannot be read are skipped.
+pub fn find_tagged(instances_dir: &std::path::Path) -> Vec<TaggedProcess> {
+    let prefix = format!("{}=", crate::env::MVM_MACHINE_TAG);
+    let mut out = Vec::new();
+    let Ok(entries) = fs_err::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = fs_err::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let Some(tag) = environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix(&prefix))
+        else {
+            continue;
+        };
+        let Some((dir, id)) = tag.rsplit_once('#') else {
+            continue;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        if dir.parent() != Some(instances_dir) {
+            continue;
+        }
+        let Some(process) = ProcessIdentity::of(pid).filter(|p| p.is_alive()) else {
+            continue;
+        };
+        let cmdline = fs_err::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        out.push(TaggedProcess {
+            process,
+            instance_dir: dir,
+            record_id: id.to_owned(),
+            cmdline,
+        });
+    }
+    out
+}
+
+/// Make `cmd`'s child receive SIGKILL when the calling *thread* exits
+/// (`PR_SET_PDEATHSIG`), and refuse to start if the parent died before the
+/// setting took effect. Spawn from a thread that lives as long as the
+/// parent process (the main thread, or a current-thread runtime's).
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it makes
+    // only raw syscalls (prctl, getppid) and builds errors from errno
+    // values — no allocation, no locks — which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +259,7 @@ mod tests {
         let line = "1234 (we ird) (name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         let st = parse_stat(line).unwrap();
         assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
         assert_eq!(st.start_time, 987654);
     }
 
@@ -186,6 +287,28 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(4));
         child.wait().unwrap();
         assert!(!id.is_alive());
+    }
+
+    #[test]
+    fn tagged_children_are_found_and_others_are_not() {
+        let t = tempfile::tempdir().unwrap();
+        let home = crate::MvmHome::new(t.path());
+        let dir = home.instance("tagged");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(crate::env::MVM_MACHINE_TAG, machine_tag(&dir, "abc"))
+            .spawn()
+            .unwrap();
+        let found = find_tagged(&home.instances_dir());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].process.pid, child.id());
+        assert_eq!(found[0].record_id, "abc");
+        assert_eq!(found[0].instance_dir, dir.root());
+        let other = crate::MvmHome::new(t.path().join("other"));
+        assert!(find_tagged(&other.instances_dir()).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(find_tagged(&home.instances_dir()).is_empty());
     }
 
     #[test]

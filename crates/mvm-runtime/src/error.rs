@@ -1,4 +1,5 @@
-//! Runtime errors.
+//! Runtime errors: every cause keeps its own type (registry, image, backend,
+//! drives, network, tools, agent client), so the CLI prints the whole chain.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use mvm_core::Status;
 /// A life-cycle operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// Registry problem (name taken, not found, corrupt record...).
+    /// Registry problem (name taken, not found, corrupt record, forbidden
+    /// transition...).
     #[error(transparent)]
     Registry(#[from] mvm_core::registry::RegistryError),
     /// Image problem.
@@ -16,12 +18,18 @@ pub enum RuntimeError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] mvm_core::backend::BackendError),
-    /// Data drives, volumes, write-back.
+    /// Drives, volumes, write-back.
     #[error(transparent)]
-    Data(Box<crate::data::DataError>),
+    Drives(Box<crate::resources::drives::DrivesError>),
+    /// Host networking.
+    #[error(transparent)]
+    Network(Box<crate::resources::network::NetworkError>),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),
+    /// An external program failed.
+    #[error(transparent)]
+    Tool(#[from] mvm_core::tools::ToolError),
     /// The machine is not in a state that allows the operation.
     #[error("machine {name:?} is {status}{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
     WrongState {
@@ -33,20 +41,28 @@ pub enum RuntimeError {
         hint: Option<String>,
     },
     /// Talking to the guest agent failed.
-    #[error("guest agent of machine {name:?}: {message}")]
+    #[error("guest agent of machine {name:?}")]
     Agent {
         /// Machine.
         name: String,
         /// What failed.
-        message: String,
+        #[source]
+        source: mvm_agent_proto::client::ClientError,
     },
-    /// The supervisor failed or went away.
+    /// The supervisor reported a failed start (its message crosses a process
+    /// boundary, so it is text: the whole chain with log tails).
     #[error("machine {name:?} failed to start: {message}")]
     StartFailed {
         /// Machine.
         name: String,
         /// Why (includes log tails when known).
         message: String,
+    },
+    /// The machine was stopped (`mvm stop`, Ctrl-C) before it was ready.
+    #[error("machine {name:?} was stopped before its guest agent answered")]
+    StoppedWhileStarting {
+        /// Machine.
+        name: String,
     },
     /// Something did not happen in time.
     #[error("{what} did not finish within {after:?}")]
@@ -70,13 +86,31 @@ pub enum RuntimeError {
     /// IO error (the message names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Invalid user input.
+    /// Invalid user input (the message names the input).
     #[error("{0}")]
     Invalid(String),
+    /// A fault injected by a test (`MVM_FAULT`, feature `fault-injection`).
+    #[error("injected fault at {point}")]
+    Injected {
+        /// The fault point.
+        point: String,
+    },
 }
 
-impl From<crate::data::DataError> for RuntimeError {
-    fn from(e: crate::data::DataError) -> Self {
-        Self::Data(Box::new(e))
+impl From<crate::resources::drives::DrivesError> for RuntimeError {
+    fn from(e: crate::resources::drives::DrivesError) -> Self {
+        Self::Drives(Box::new(e))
+    }
+}
+
+impl From<crate::resources::network::NetworkError> for RuntimeError {
+    fn from(e: crate::resources::network::NetworkError) -> Self {
+        Self::Network(Box::new(e))
+    }
+}
+
+impl From<mvm_core::instance::BadTransition> for RuntimeError {
+    fn from(e: mvm_core::instance::BadTransition) -> Self {
+        Self::Registry(e.into())
     }
 }

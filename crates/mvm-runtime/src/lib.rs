@@ -1,36 +1,55 @@
-//! mvm's machine life cycle, shared by the CLI and the supervisor.
-//!
-//! # Processes
+//! mvm's machine life cycle, in layers:
 //!
 //! ```text
-//!  mvm run a ──spawns──▶ mvm __supervise a  (own session, outlives the CLI)
-//!                          ├─ child: the VMM (qemu-system-x86_64 / firecracker)
-//!                          ├─ owns the one guest agent stream (virtio-serial / vsock)
-//!                          ├─ serves <instance>/agent.sock, multiplexing every
-//!                          │  `mvm exec` client onto that stream
-//!                          └─ waits for the VMM and records how it ended
-//!  mvm exec a ──connects──▶ <instance>/agent.sock
+//!  ops/          create, start, stop, rm, exec, cp, pause, list, gc, recover
+//!    │             (one file per operation; the CLI calls exactly one)
+//!    ▼
+//!  supervisor/   the one owner of a running machine and its one teardown
+//!    │
+//!    ▼
+//!  resources/    root disk, drives, network, backend — each takes only what
+//!    │             it needs (paths, settings), never the whole runtime
+//!    ▼
+//!  mvm-core      store: records with private status + checked transitions,
+//!                owner locks, the registry
 //! ```
 //!
+//! # One owner per machine
+//!
+//! Every machine has exactly one owner process at a time, the holder of its
+//! owner lock (`<instance>/owner.lock`, see `mvm_core::registry::OwnerLock`):
+//!
+//! - `mvm run` / `mvm exec` create the machine and own it while its drives
+//!   are built (role *creator*);
+//! - `mvm start` (and `run`) hands the lock to `mvm __supervise NAME`, which
+//!   inherits the very same lock and holds it until the machine has stopped
+//!   and everything it held on the host is released (role *supervisor*); a
+//!   transient `mvm exec` runs the supervisor in-process;
+//! - the supervisor spawns the VMM as its child with a death signal, owns the
+//!   guest agent stream, the TAP and port forwarders, and is the only process
+//!   that tears the machine down, through [`supervisor::teardown::release`];
+//! - `mvm stop` records a stop request and asks the owner (SIGTERM), then
+//!   waits on the owner's pidfd. Killing a VMM directly is the forcible path,
+//!   used only when the owner is dead or does not answer in time;
+//! - when an owner dies without cleaning up (SIGKILL, crash), the kernel
+//!   releases its lock; the next mvm command that reads the registry takes
+//!   the free lock and runs the same release ([`ops::recover`]).
+//!
 //! The supervisor reports its progress to the process that spawned it as
-//! JSON lines on its stdout ([`supervisor::Event`]): `started` once the VMM
-//! accepted the configuration, `ready` once the guest agent answered, or
-//! `failed` with the reason. A transient `mvm exec -- CMD` runs the same
-//! supervisor code inside the CLI process, so the VMM is the CLI's child and
-//! dies with it.
+//! JSON lines on its stdout ([`supervisor::Event`]).
 #![warn(missing_docs)]
 
-pub mod backends;
-pub mod data;
 pub mod error;
-pub mod exec;
+pub mod fault;
 pub mod host;
-pub mod machine;
-pub mod net;
+pub mod ops;
+pub mod resources;
 pub mod supervisor;
 
+mod context;
+
+pub use context::Runtime;
 pub use error::RuntimeError;
-pub use machine::Runtime;
 
 /// An error and all its causes, one per line segment (`a: b: c`). Log
 /// tails that an error carries (`\n--- last lines of ...`) go after the

@@ -1,7 +1,7 @@
-//! 20 concurrent *processes* create machines in one registry: every one
-//! gets a distinct name, vsock CID, IP, MAC and TAP name (allocation happens
-//! under the registry's global lock; nothing is booted or configured on the
-//! host by `create`).
+//! 20 concurrent *processes* create machines in one registry and allocate
+//! their network identity as a supervisor does at start: every one gets a
+//! distinct name, vsock CID, IP, MAC and TAP name (allocation happens under
+//! the registry's global lock; nothing is booted or configured on the host).
 
 use std::process::Command;
 
@@ -28,19 +28,21 @@ fn fake_image() -> mvm_image::Image {
 /// print its record as JSON.
 fn child(home: &str) {
     let rt = mvm_runtime::Runtime::open(mvm_core::MvmHome::new(home)).unwrap();
-    let opts = mvm_runtime::machine::CreateOptions {
-        name: None,
-        image: "default".into(),
+    let opts = mvm_runtime::ops::create::CreateOptions {
         backend: mvm_core::backend::BackendChoice::Qemu,
-        cpus: None,
-        memory_mib: None,
         transient: true,
-        env: vec![],
-        network: mvm_core::instance::NetworkMode::Nat,
-        ports: vec![],
-        data: Default::default(),
+        network: Some(mvm_core::instance::NetworkMode::Nat),
+        ..Default::default()
     };
-    let rec = rt.create(&opts, &fake_image()).unwrap();
+    let created = mvm_runtime::ops::create::create(&rt, &opts, &fake_image()).unwrap();
+    let cfg = mvm_runtime::resources::network::settings(rt.config()).unwrap();
+    let rec = mvm_runtime::resources::network::allocate_and_record(
+        rt.registry(),
+        &cfg,
+        &created.record.name,
+    )
+    .unwrap();
+    drop(created.lock);
     println!("RECORD {}", serde_json::to_string(&rec).unwrap());
 }
 
@@ -101,5 +103,5 @@ fn twenty_processes_allocate_distinct_identities() {
     }
     // The registry agrees with what the processes were told.
     let rt = mvm_runtime::Runtime::open(mvm_core::MvmHome::new(home.path())).unwrap();
-    assert_eq!(rt.list().unwrap().len(), 20);
+    assert_eq!(mvm_runtime::ops::list::list(&rt).unwrap().len(), 20);
 }

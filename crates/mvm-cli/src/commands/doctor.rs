@@ -4,15 +4,15 @@ use std::io::Write;
 
 use anyhow::Result;
 use mvm_core::backend::{BackendChoice, kvm_usable};
-use mvm_runtime::backends::select;
-use mvm_runtime::host::{Check, base_checks};
+use mvm_runtime::host::{Check, tool_checks};
+use mvm_runtime::resources::backend::select;
 
 use crate::cli::DoctorArgs;
 use crate::commands::runtime;
 
 pub async fn run(a: DoctorArgs) -> Result<u8> {
     let rt = runtime()?;
-    let mut checks: Vec<Check> = base_checks();
+    let mut checks: Vec<Check> = tool_checks();
     let kvm = kvm_usable();
     checks.push(Check {
         name: "kvm".into(),
@@ -23,7 +23,7 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
         }),
         package: None,
     });
-    let fc = mvm_firecracker::doctor(&rt.config, &rt.home);
+    let fc = mvm_firecracker::doctor(rt.config(), rt.home());
     checks.push(match (&fc.binary, &fc.version) {
         (Some(p), Some(v)) => Check {
             name: "firecracker".into(),
@@ -59,7 +59,7 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
             package: None,
         },
     });
-    let images = mvm_image::list(&rt.home).unwrap_or_default();
+    let images = mvm_image::list(rt.home()).unwrap_or_default();
     let has_default = images.iter().any(|i| i.name == "default");
     checks.push(Check {
         name: "default image".into(),
@@ -72,38 +72,36 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
         fix: (!has_default).then(|| "mvm setup".into()),
         package: None,
     });
-    if mvm_runtime::net::use_tap() {
-        match mvm_runtime::net::leftovers(&rt.config, &rt.registry) {
-            Ok(l) => checks.push(Check {
-                name: "network leftovers".into(),
-                ok: l.is_empty(),
-                detail: if l.is_empty() {
-                    "none".into()
-                } else {
-                    l.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                },
-                fix: (!l.is_empty()).then(|| "mvm gc".into()),
-                package: None,
-            }),
-            Err(e) => checks.push(Check {
-                name: "network leftovers".into(),
-                ok: false,
-                detail: format!("cannot check: {e}"),
-                fix: None,
-                package: None,
-            }),
-        }
+    match mvm_runtime::ops::gc::leftovers(&rt) {
+        Ok(l) => checks.push(Check {
+            name: "leftovers".into(),
+            ok: l.is_empty(),
+            detail: if l.is_empty() {
+                "none".into()
+            } else {
+                l.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            fix: (!l.is_empty()).then(|| "mvm gc".into()),
+            package: None,
+        }),
+        Err(e) => checks.push(Check {
+            name: "leftovers".into(),
+            ok: false,
+            detail: format!("cannot check: {e}"),
+            fix: None,
+            package: None,
+        }),
     }
-    let sel = select(BackendChoice::Auto, &rt.config, &rt.home);
+    let sel = select(BackendChoice::Auto, rt.config(), rt.home());
     let mut out = std::io::stdout().lock();
     if a.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             checks: &'a [Check],
-            auto_backend: &'a mvm_runtime::backends::Selection,
+            auto_backend: &'a mvm_runtime::resources::backend::Selection,
             home: String,
         }
         serde_json::to_writer_pretty(
@@ -111,7 +109,7 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
             &Report {
                 checks: &checks,
                 auto_backend: &sel,
-                home: rt.home.root().display().to_string(),
+                home: rt.home().root().display().to_string(),
             },
         )?;
         writeln!(out)?;

@@ -3,13 +3,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use mvm_core::{BackendKind, Status};
-use mvm_runtime::exec::{ExecOptions, exec_in, exec_transient};
-use mvm_runtime::machine::CreateOptions;
+use mvm_runtime::ops::create::CreateOptions;
+use mvm_runtime::ops::exec::ExecOptions;
 
 use crate::cli::ExecArgs;
-use crate::commands::machines::parse_env;
-use crate::commands::runtime;
+use crate::commands::{parse_env, runtime};
+use crate::progress::Bars;
 
 pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     if a.command.is_empty() && a.launch_plan.is_none() {
@@ -26,9 +25,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         timeout: a.timeout.map(Duration::from_secs),
         stdin: a.interactive,
     };
-    // The launch plan: argv, working directory, and the environment with
-    // precedence app.env < entrypoint.env < -e.
     if let Some(plan) = &a.launch_plan {
+        // argv, working directory, and the environment with precedence
+        // app.env < entrypoint.env < -e.
         let cli_env = a
             .env
             .iter()
@@ -42,52 +41,34 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         }
     }
     if let Some(name) = &a.name {
-        let (rec, obs) = rt.observe(name)?;
-        if obs.status != Status::Running {
-            bail!(
-                "machine {name:?} is {}{}; start it with `mvm start {name}`",
-                obs.status,
-                obs.note.map(|n| format!(" ({n})")).unwrap_or_default()
-            );
-        }
-        // Machine-wide environment (`mvm run -e`) first, ours override.
-        let mut env = rec.env.clone();
-        env.append(&mut opts.env);
-        opts.env = env;
-        let outcome = exec_in(&rt.registry.dir(name), &opts).await?;
+        let outcome = mvm_runtime::ops::exec::exec(&rt, name, &opts).await?;
         return Ok(outcome.exit_code() as u8);
     }
 
     let home_dir = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let data = mvm_runtime::data::DataOptions {
-        add_dirs: a
-            .add_dirs
-            .iter()
-            .map(|d| mvm_data::spec::AddDir::parse(d, home_dir.as_deref()))
-            .collect::<Result<_, _>>()?,
+    let create = CreateOptions {
+        backend: a.backend.map(Into::into).unwrap_or(rt.config().backend),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        data: mvm_runtime::resources::drives::DataOptions {
+            add_dirs: a
+                .add_dirs
+                .iter()
+                .map(|d| mvm_data::spec::AddDir::parse(d, home_dir.as_deref()))
+                .collect::<Result<_, _>>()?,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    mvm_runtime::data::check(&rt, None, &data)?;
+    mvm_runtime::resources::drives::check(rt.registry(), None, &create.data)?;
     // Transient: set the host up on first use (packages, default image).
     let ti = Instant::now();
-    mvm_runtime::host::ensure_base(true)?;
+    mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
     let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
     let image_ms = ti.elapsed().as_millis() as u64;
-    let create = CreateOptions {
-        name: None,
-        image: image_name,
-        backend: a.backend.map(Into::into).unwrap_or(rt.config.backend),
-        cpus: a.cpus,
-        memory_mib: a.memory,
-        transient: true,
-        env: Vec::new(),
-        network: rt.config.network.mode,
-        ports: Vec::new(),
-        data,
-    };
-    let _ = BackendKind::Qemu;
-    let (outcome, t) = exec_transient(&rt, &image, image_ms, create, &opts).await?;
+    let (outcome, t) =
+        mvm_runtime::ops::exec::exec_transient(&rt, &image, image_ms, create, &opts).await?;
     tracing::info!(
         "timings: image {} ms, launch {} ms, boot {} ms, command {} ms, teardown {} ms",
         t.image_ms,
@@ -96,7 +77,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         t.command_ms,
         t.teardown_ms
     );
-    if let Ok(path) = std::env::var("MVM_TIMINGS_FILE") {
+    if let Ok(path) = std::env::var(mvm_core::env::MVM_TIMINGS_FILE) {
         let _ = fs_err::write(&path, serde_json::to_vec(&t)?);
     }
     Ok(outcome.exit_code() as u8)

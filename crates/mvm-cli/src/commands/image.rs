@@ -12,11 +12,11 @@ use crate::progress::Bars;
 /// The image `name`, building the default image on first use.
 pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::Image> {
     if name == "default" {
-        mvm_runtime::host::ensure_base(true)?;
         let bars = Bars::new(quiet);
+        mvm_runtime::host::ensure_tools(rt.home(), true, &bars)?;
         // Blocking is fine here: nothing else runs on the CLI's runtime yet.
         let image = mvm_image::build_with_kernel(
-            &rt.home,
+            rt.home(),
             mvm_image::DEFAULT_IMAGE,
             mvm_image::ImageSource::Default,
             mvm_image::DEFAULT_SIZE_MIB,
@@ -25,7 +25,7 @@ pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::
         )?;
         return Ok(image);
     }
-    match mvm_image::get(&rt.home, name) {
+    match mvm_image::get(rt.home(), name) {
         Ok(i) => Ok(i),
         Err(e) => bail!("{e}; build it with `mvm image build {name} --from-dir DIR`"),
     }
@@ -33,7 +33,7 @@ pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::
 
 /// The kernel the configuration asks for.
 pub fn kernel_source(rt: &Runtime) -> mvm_image::KernelSource {
-    match &rt.config.kernel {
+    match &rt.config().kernel {
         Some(p) => mvm_image::KernelSource::Path(p.clone()),
         None => mvm_image::KernelSource::Debian,
     }
@@ -43,7 +43,7 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
     let rt = runtime()?;
     match c {
         ImageCommand::Ls { json } => {
-            let images = mvm_image::list(&rt.home)?;
+            let images = mvm_image::list(rt.home())?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &images)?;
@@ -78,7 +78,7 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             from_tar,
             size,
         } => {
-            mvm_runtime::host::ensure_base(true)?;
+            mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
             let source = match (from_dir, from_tar) {
                 (Some(d), None) => mvm_image::ImageSource::FromDir(d),
                 (None, Some(t)) => mvm_image::ImageSource::FromTar(t),
@@ -87,7 +87,7 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             };
             let bars = Bars::new(quiet);
             let image = mvm_image::build_with_kernel(
-                &rt.home,
+                rt.home(),
                 &name,
                 source,
                 size.map(u64::from).unwrap_or(mvm_image::DEFAULT_SIZE_MIB),
@@ -99,7 +99,7 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             Ok(0)
         }
         ImageCommand::Rm { name } => {
-            mvm_image::remove(&rt.home, &name)?;
+            mvm_image::remove(rt.home(), &name)?;
             println!("{name}");
             Ok(0)
         }

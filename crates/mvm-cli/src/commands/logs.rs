@@ -9,8 +9,8 @@ use crate::commands::runtime;
 
 pub async fn run(a: LogsArgs) -> Result<u8> {
     let rt = runtime()?;
-    let (rec, _) = rt.observe(&a.name)?;
-    let dir = rt.registry.dir(&rec.name);
+    let (rec, _) = mvm_runtime::ops::list::observe(&rt, &a.name)?;
+    let dir = rt.dir(&rec.name);
     let path = if a.hypervisor {
         dir.vmm_log()
     } else {
@@ -39,7 +39,7 @@ pub async fn run(a: LogsArgs) -> Result<u8> {
         return Ok(0);
     }
     drop(out);
-    let dir = rt.registry.dir(&rec.name);
+    let dir = rt.dir(&rec.name);
     let name = a.name.clone();
     // Follow in a blocking thread: it sleeps in read(2) on an inotify fd.
     tokio::task::spawn_blocking(move || follow(&rt, &name, &dir, file)).await??;
@@ -75,7 +75,7 @@ fn follow(
             out.write_all(&buf[..n])?;
             out.flush()?;
         }
-        let (_, obs) = rt.observe(name)?;
+        let (_, obs) = mvm_runtime::ops::list::observe(rt, name)?;
         if !obs.status.expects_vmm() {
             return Ok(());
         }

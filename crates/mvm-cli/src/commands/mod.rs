@@ -1,12 +1,21 @@
-//! One module per subcommand; each calls into the library crates.
+//! One module per subcommand: parse what clap gave, call one operation of
+//! `mvm-runtime`, print the result.
 
 mod cp;
 mod doctor;
 mod exec;
+mod gc;
 mod image;
+mod inspect;
 mod logs;
-mod machines;
+mod pause;
+mod ps;
+mod rm;
+mod run;
 mod setup;
+mod start;
+mod stop;
+mod supervise;
 mod volume;
 
 use anyhow::Result;
@@ -19,14 +28,48 @@ use crate::cli::{Cli, Command};
 /// 125 so it cannot be confused with the guest command's own status).
 pub fn failure_code(cmd: &Command) -> u8 {
     match cmd {
-        Command::Exec(_) => mvm_runtime::exec::EXIT_MVM_FAILED as u8,
+        Command::Exec(_) => mvm_runtime::ops::exec::EXIT_MVM_FAILED as u8,
         _ => 1,
     }
 }
 
-/// Open the runtime for `$MVM_HOME`.
+/// Open the runtime for `$MVM_HOME` and recover machines whose owner died
+/// (every command that reads the registry does, so nothing is left for a
+/// human to clean up).
 pub fn runtime() -> Result<Runtime> {
-    Ok(Runtime::open(MvmHome::from_env())?)
+    let rt = Runtime::open(MvmHome::from_env())?;
+    mvm_runtime::ops::recover::reap(&rt);
+    Ok(rt)
+}
+
+/// Parse `KEY=VAL` arguments.
+pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            let v = mvm_data::spec::EnvVar::parse(s)?;
+            Ok((v.key, v.value))
+        })
+        .collect()
+}
+
+/// Print `name` (and `note`) for a machine that succeeded, the error of
+/// one that failed; `true` when it failed.
+pub fn report<T>(
+    name: &str,
+    r: Result<T, mvm_runtime::RuntimeError>,
+    note: impl Fn(&T) -> String,
+) -> bool {
+    match r {
+        Ok(v) => {
+            println!("{name}{}", note(&v));
+            false
+        }
+        Err(e) => {
+            eprintln!("mvm: error: {:#}", anyhow::Error::from(e));
+            true
+        }
+    }
 }
 
 /// Run the parsed command; the returned value is the process exit status.
@@ -36,19 +79,19 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Setup(a) => setup::run(a, quiet).await,
         Command::Doctor(a) => doctor::run(a).await,
         Command::Image(c) => image::run(c, quiet).await,
-        Command::Run(a) => machines::run(a, quiet).await,
-        Command::Start(a) => machines::start(a).await,
-        Command::Stop(a) => machines::stop(a).await,
-        Command::Rm(a) => machines::rm(a).await,
-        Command::Ps(a) => machines::ps(a),
-        Command::Inspect(a) => machines::inspect(a),
+        Command::Run(a) => run::run(a, quiet).await,
+        Command::Start(a) => start::run(a).await,
+        Command::Stop(a) => stop::run(a).await,
+        Command::Rm(a) => rm::run(a).await,
+        Command::Ps(a) => ps::run(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Logs(a) => logs::run(a).await,
         Command::Exec(a) => exec::run(a, quiet).await,
-        Command::Pause(a) => machines::pause(a, true).await,
-        Command::Resume(a) => machines::pause(a, false).await,
-        Command::Gc => machines::gc().await,
+        Command::Pause(a) => pause::run(a, true).await,
+        Command::Resume(a) => pause::run(a, false).await,
+        Command::Gc => gc::run().await,
         Command::Volume(c) => volume::run(c),
         Command::Cp(a) => cp::run(a).await,
-        Command::Supervise(a) => machines::supervise(a).await,
+        Command::Supervise(a) => supervise::run(a).await,
     }
 }

@@ -10,10 +10,10 @@ use crate::commands::runtime;
 
 pub fn run(c: VolumeCommand) -> Result<u8> {
     let rt = runtime()?;
-    let store = VolumeStore::new(&rt.home);
+    let store = VolumeStore::new(rt.home());
     // Every machine that records the volume, running or not: removing a
     // volume a stopped machine still lists would break its next start.
-    let attached = mvm_runtime::data::volume_users(&rt, false);
+    let attached = mvm_runtime::resources::drives::volume_users(rt.registry(), false);
     match c {
         VolumeCommand::Ls { json } => {
             let vols = store.list()?;

@@ -100,7 +100,10 @@ impl AnyBackend {
     ) -> Result<Self, RuntimeError> {
         let backend = Self::open(rec.backend, config, home)?;
         Ok(match backend {
-            Self::Qemu(q) if crate::net::uses_user_net(rec) => {
+            Self::Qemu(q)
+                if crate::resources::network::Attachment::of(rec)
+                    == crate::resources::network::Attachment::UserMode =>
+            {
                 let forwards = rec
                     .ports
                     .iter()

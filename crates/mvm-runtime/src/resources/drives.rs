@@ -9,8 +9,7 @@
 //! each drive by its ext4 **label**, told by one kernel parameter per
 //! mount: `mvm.mount=LABEL,ro|rw,PATH` (only the label and the guest path
 //! go on the kernel command line, never content). The drives are recorded
-//! in [`InstanceRecord::drives`] (roles `config`, `secrets`,
-//! `volume:NAME`, `hostdir:/path`); the mounts (label, guest path, mode,
+//! in [`InstanceRecord::drives`] (typed [`DriveRole`]s); the mounts (label, guest path, mode,
 //! host directory) in `<instance>/mounts.json` ([`MOUNTS_FILE`]), owned by
 //! this module.
 //!
@@ -35,27 +34,29 @@
 
 use std::path::{Path, PathBuf};
 
-use mvm_core::InstanceDir;
-use mvm_core::instance::{DriveRecord, InstanceRecord};
+use mvm_core::instance::{DriveRecord, DriveRole, InstanceRecord};
+use mvm_core::registry::Registry;
+use mvm_core::{InstanceDir, MvmHome};
 use mvm_data::drive::{ConfigDrive, ConfigJson, DriveError, DriveSize, SecretsDrive};
 use mvm_data::spec::{AddDir, GuestMount, Mode, Secret, Volume};
 use mvm_data::sync::{Changes, MirrorOptions, SyncError};
 use mvm_data::volume::{Attachment, VolumeError, VolumeStore, volume_label};
 use serde::{Deserialize, Serialize};
 
-use crate::machine::Runtime;
-
 /// The mounts of a machine, in its instance directory.
 pub const MOUNTS_FILE: &str = "mounts.json";
 /// Present while host directories owe a write-back.
 pub const WRITEBACK_PENDING: &str = "writeback.pending";
+/// How long the write-back of host directories may take (a stop waits this
+/// much longer when one is owed).
+pub const WRITE_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Free space added to host-directory images for the guest to write into
 /// (sparse: costs nothing until used).
 pub const HOSTDIR_EXTRA_MIB: u64 = 1024;
 
 /// A data operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum DataError {
+pub enum DrivesError {
     /// Building a drive image failed.
     #[error("cannot build the {what} drive")]
     Drive {
@@ -125,9 +126,9 @@ pub struct MountEntry {
     pub host_dir: Option<PathBuf>,
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataError + use<> {
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DrivesError + use<> {
     let path = path.to_owned();
-    move |source| DataError::Io {
+    move |source| DrivesError::Io {
         action,
         path,
         source,
@@ -139,7 +140,7 @@ fn mounts_path(dir: &InstanceDir) -> PathBuf {
 }
 
 /// The mounts recorded for a machine (none when the file is absent).
-pub fn mounts(dir: &InstanceDir) -> Result<Vec<MountEntry>, DataError> {
+pub fn mounts(dir: &InstanceDir) -> Result<Vec<MountEntry>, DrivesError> {
     let p = mounts_path(dir);
     match fs_err::read(&p) {
         Ok(b) => serde_json::from_slice(&b)
@@ -150,26 +151,26 @@ pub fn mounts(dir: &InstanceDir) -> Result<Vec<MountEntry>, DataError> {
 }
 
 /// Volumes attached to running machines (other than `except`).
-pub fn attached_volumes(rt: &Runtime, except: Option<&str>) -> Vec<Attachment> {
-    volume_users(rt, true)
+pub fn attached_volumes(registry: &Registry, except: Option<&str>) -> Vec<Attachment> {
+    volume_users(registry, true)
         .into_iter()
         .filter(|a| Some(a.machine.as_str()) != except)
         .collect()
 }
 
 /// Which machine records which named volume: all machines, or only those
-/// whose VMM runs.
-pub fn volume_users(rt: &Runtime, running_only: bool) -> Vec<Attachment> {
-    let Ok(list) = rt.registry.list() else {
+/// that run (their owner is alive and a VMM is expected).
+pub fn volume_users(registry: &Registry, running_only: bool) -> Vec<Attachment> {
+    let Ok(list) = registry.list() else {
         return Vec::new();
     };
     list.into_iter()
         .filter_map(|l| l.record.ok())
-        .filter(|r| !running_only || r.observe().status.expects_vmm())
+        .filter(|r| !running_only || (r.status().expects_vmm() && registry.owner_alive(&r.name)))
         .flat_map(|r| {
             r.drives
                 .iter()
-                .filter_map(|d| d.role.strip_prefix("volume:"))
+                .filter_map(|d| d.role.volume())
                 .map(|v| Attachment {
                     machine: r.name.clone(),
                     volume: v.to_owned(),
@@ -181,8 +182,12 @@ pub fn volume_users(rt: &Runtime, running_only: bool) -> Vec<Attachment> {
 
 /// Check what can be checked before anything is created: volumes in use by
 /// running machines, duplicate guest paths.
-pub fn check(rt: &Runtime, name: Option<&str>, data: &DataOptions) -> Result<(), DataError> {
-    let attached = attached_volumes(rt, name);
+pub fn check(
+    registry: &Registry,
+    name: Option<&str>,
+    data: &DataOptions,
+) -> Result<(), DrivesError> {
+    let attached = attached_volumes(registry, name);
     for v in &data.volumes {
         if let Volume::Named { name, .. } = v {
             VolumeStore::check_not_in_use(name, &attached).map_err(Box::new)?;
@@ -199,7 +204,7 @@ pub fn check(rt: &Runtime, name: Option<&str>, data: &DataOptions) -> Result<(),
         .chain(data.add_dirs.iter().map(|a| a.guest.as_path()));
     for g in all {
         if guests.contains(&g) {
-            return Err(DataError::Invalid(format!(
+            return Err(DrivesError::Invalid(format!(
                 "two mounts at the guest path {}",
                 g.display()
             )));
@@ -211,19 +216,19 @@ pub fn check(rt: &Runtime, name: Option<&str>, data: &DataOptions) -> Result<(),
 
 /// An error if a named volume of `rec` is attached to another running
 /// machine (checked again at each start).
-pub fn check_volumes_free(rt: &Runtime, rec: &InstanceRecord) -> Result<(), DataError> {
-    let attached = attached_volumes(rt, Some(&rec.name));
+pub fn check_volumes_free(registry: &Registry, rec: &InstanceRecord) -> Result<(), DrivesError> {
+    let attached = attached_volumes(registry, Some(&rec.name));
     for d in &rec.drives {
-        if let Some(v) = d.role.strip_prefix("volume:") {
+        if let Some(v) = d.role.volume() {
             VolumeStore::check_not_in_use(v, &attached).map_err(Box::new)?;
         }
     }
     Ok(())
 }
 
-fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> DataError {
+fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> DrivesError {
     let what = what.into();
-    move |source| DataError::Drive {
+    move |source| DrivesError::Drive {
         what,
         source: Box::new(source),
     }
@@ -232,13 +237,13 @@ fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> DataError {
 /// Build the drives of a new machine (its directory exists, its record is
 /// not saved yet), add them to `rec.drives` and write [`MOUNTS_FILE`].
 pub fn attach(
-    rt: &Runtime,
+    home: &MvmHome,
     rec: &mut InstanceRecord,
     dir: &InstanceDir,
     data: &DataOptions,
-) -> Result<(), DataError> {
+) -> Result<(), DrivesError> {
     let mut mounts = Vec::new();
-    let mut push = |rec: &mut InstanceRecord, m: MountEntry, path: PathBuf, role: String| {
+    let mut push = |rec: &mut InstanceRecord, m: MountEntry, path: PathBuf, role: DriveRole| {
         rec.drives.push(DriveRecord {
             id: m.drive_id.clone(),
             path,
@@ -259,7 +264,7 @@ pub fn attach(
             host_dir: None,
         },
         dir.config_drive(),
-        "config".into(),
+        DriveRole::Config,
     );
 
     if !data.secrets.is_empty() {
@@ -275,11 +280,11 @@ pub fn attach(
                 host_dir: None,
             },
             dir.secrets_drive(),
-            "secrets".into(),
+            DriveRole::Secrets,
         );
     }
 
-    let store = VolumeStore::new(&rt.home);
+    let store = VolumeStore::new(home);
     let dirs = data
         .volumes
         .iter()
@@ -302,7 +307,7 @@ pub fn attach(
                 host_dir: Some(host.clone()),
             },
             path,
-            format!("hostdir:{}", host.display()),
+            DriveRole::HostDir(host.clone()),
         );
     }
     for (i, v) in data.volumes.iter().enumerate() {
@@ -321,7 +326,7 @@ pub fn attach(
                     host_dir: None,
                 },
                 path,
-                format!("volume:{name}"),
+                DriveRole::Volume(name.clone()),
             );
         }
     }
@@ -336,7 +341,7 @@ fn build_host_dir_image(
     image: &Path,
     label: &str,
     mode: Mode,
-) -> Result<(), DataError> {
+) -> Result<(), DrivesError> {
     let size = if mode.read_only() {
         DriveSize::Auto
     } else {
@@ -356,7 +361,7 @@ fn host_dir_image(dir: &InstanceDir, drive_id: &str) -> PathBuf {
 }
 
 /// The `mvm.mount=` kernel parameters of a machine.
-pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DataError> {
+pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DrivesError> {
     mounts(dir)?
         .into_iter()
         .map(|m| {
@@ -366,14 +371,14 @@ pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DataError> {
                 read_only: m.read_only,
             }
             .to_kernel_arg()
-            .map_err(|e| DataError::Invalid(e.to_string()))
+            .map_err(|e| DrivesError::Invalid(e.to_string()))
         })
         .collect()
 }
 
 /// (Re)build the config drive from the record: the address can change
 /// between starts (a stopped machine holds none).
-pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DataError> {
+pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DrivesError> {
     let mut cfg = ConfigJson::new(rec.id.clone(), rec.name.clone());
     if let Some(n) = &rec.net {
         cfg.ip = Some(n.ip);
@@ -388,7 +393,7 @@ pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(),
 /// owed, refresh the host-directory images from the host (not on the first
 /// start: `attach` just built them), and mark rw host directories as owing
 /// a write-back.
-pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DataError> {
+pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DrivesError> {
     if dir.config_drive().exists() {
         write_config_drive(rec, dir)?;
     }
@@ -418,7 +423,7 @@ pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), Data
 /// After the VMM has exited: mirror every rw host directory's image back
 /// to the host, once (see [`WRITEBACK_PENDING`]). Returns what changed per
 /// host directory.
-pub fn write_back_all(dir: &InstanceDir) -> Result<Vec<(PathBuf, Changes)>, DataError> {
+pub fn write_back_all(dir: &InstanceDir) -> Result<Vec<(PathBuf, Changes)>, DrivesError> {
     let marker = dir.root().join(WRITEBACK_PENDING);
     if !marker.exists() {
         return Ok(Vec::new());
@@ -429,7 +434,7 @@ pub fn write_back_all(dir: &InstanceDir) -> Result<Vec<(PathBuf, Changes)>, Data
             continue;
         };
         let image = host_dir_image(dir, &m.drive_id);
-        let wb = |source| DataError::WriteBack {
+        let wb = |source| DrivesError::WriteBack {
             host: host.clone(),
             image: image.clone(),
             source: Box::new(source),

@@ -1,4 +1,5 @@
-//! Running commands in machines: the client side of `mvm exec`.
+//! Running commands in machines: `mvm exec` in a running machine, and in a
+//! fresh transient one (boot, run, tear down — also on Ctrl-C).
 //!
 //! Output is written to this process's stdout/stderr as it arrives, one
 //! chunk at a time; the next chunk is requested only after the previous one
@@ -10,20 +11,16 @@ use std::time::{Duration, Instant};
 
 use mvm_agent_proto::ErrorKind;
 use mvm_agent_proto::client::{AgentClient, ClientError, ExecEvent};
-use mvm_core::InstanceDir;
+use mvm_core::instance::OwnerRole;
+use mvm_core::{InstanceDir, Status};
 use tokio::io::AsyncReadExt;
 
-use crate::RuntimeError;
-use crate::machine::{CreateOptions, Runtime};
+use crate::ops::create::{CreateOptions, create};
+use crate::supervisor::{Event, supervise};
+use crate::{Runtime, RuntimeError};
 
 /// How long connecting to a running machine's agent may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a transient guest may take to power off before its rw added
-/// directories are written back.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the write-back of added directories may take.
-pub const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Exit status for "the command timed out" (as coreutils `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -77,14 +74,10 @@ impl ExecOutcome {
     }
 }
 
-fn exec_err(name: &str, e: ClientError) -> RuntimeError {
-    agent_err(name, e)
-}
-
-fn agent_err(name: &str, e: impl std::fmt::Display) -> RuntimeError {
+fn agent_err(name: &str, source: ClientError) -> RuntimeError {
     RuntimeError::Agent {
         name: name.to_owned(),
-        message: e.to_string(),
+        source,
     }
 }
 
@@ -104,9 +97,44 @@ pub async fn request_shutdown(dir: &InstanceDir) -> Result<(), RuntimeError> {
         .map_err(|e| agent_err(&dir.name(), e))
 }
 
-/// Run `opts` in the running machine of `dir`, streaming its output to our
-/// stdout/stderr. The first Ctrl-C is forwarded to the command as SIGINT;
-/// a second one gives up and returns [`ExecOutcome::Interrupted`].
+/// Connect to the agent of running machine `name` (an error naming the
+/// machine's status when it does not run).
+pub async fn connect_running(rt: &Runtime, name: &str) -> Result<AgentClient, RuntimeError> {
+    let rec = rt.registry().load(name)?;
+    let obs = rec.observe(rt.registry().owner_alive(name));
+    if obs.status != Status::Running {
+        return Err(RuntimeError::WrongState {
+            name: name.to_owned(),
+            status: obs.status,
+            hint: Some(match obs.note {
+                Some(n) => format!("{n}; start it with `mvm start {name}`"),
+                None => format!("start it with `mvm start {name}`"),
+            }),
+        });
+    }
+    connect(&rt.dir(name)).await
+}
+
+/// Run `opts` in running machine `name`, with the machine's environment
+/// (`mvm run -e`) under the command's own (`exec -e` wins), streaming its
+/// output to our stdout/stderr. The first Ctrl-C is forwarded to the
+/// command as SIGINT; a second one gives up and returns
+/// [`ExecOutcome::Interrupted`].
+pub async fn exec(
+    rt: &Runtime,
+    name: &str,
+    opts: &ExecOptions,
+) -> Result<ExecOutcome, RuntimeError> {
+    let client = connect_running(rt, name).await?;
+    let rec = rt.registry().load(name)?;
+    let mut opts = opts.clone();
+    let mut env = rec.env.clone();
+    env.append(&mut opts.env);
+    opts.env = env;
+    run_on(&client, name, &opts).await
+}
+
+/// Run `opts` in the machine of `dir` (which must be serving its agent).
 pub async fn exec_in(dir: &InstanceDir, opts: &ExecOptions) -> Result<ExecOutcome, RuntimeError> {
     let name = dir.name();
     let client = connect(dir).await?;
@@ -130,7 +158,7 @@ async fn run_on(
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
     };
-    let mut session = client.exec(req).await.map_err(|e| exec_err(name, e))?;
+    let mut session = client.exec(req).await.map_err(|e| agent_err(name, e))?;
     let stdin = session.stdin();
 
     // Forward stdin in its own task (it may block on a terminal).
@@ -208,7 +236,12 @@ async fn run_on(
             }
             Err(e) => return Err(agent_err(name, e)),
             Ok(None) => {
-                return Err(agent_err(name, "the session ended without an exit status"));
+                return Err(agent_err(
+                    name,
+                    ClientError::ConnectionLost {
+                        reason: "the session ended without an exit status".into(),
+                    },
+                ));
             }
         }
     };
@@ -233,13 +266,19 @@ pub struct TransientTimings {
     pub teardown_ms: u64,
 }
 
+/// How long the in-process supervisor may take to tear a transient machine
+/// down after its command (power-off for a write-back, then the teardown).
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(30);
+
 /// Boot a fresh machine, run one command, tear everything down (also on
-/// Ctrl-C and on errors).
+/// Ctrl-C, SIGTERM, SIGHUP and errors). This process owns the machine for
+/// its whole life and runs its supervisor in-process; if it is killed, the
+/// VMM dies with it (death signal) and the next mvm command reaps the rest.
 pub async fn exec_transient(
     rt: &Runtime,
     image: &mvm_image::Image,
     image_ms: u64,
-    create: CreateOptions,
+    create_opts: CreateOptions,
     opts: &ExecOptions,
 ) -> Result<(ExecOutcome, TransientTimings), RuntimeError> {
     // Register for SIGINT/SIGTERM/SIGHUP before anything exists, so no
@@ -250,116 +289,134 @@ pub async fn exec_transient(
         ..Default::default()
     };
     let t = Instant::now();
-    let rec = rt.create(
+    let created = create(
+        rt,
         &CreateOptions {
             transient: true,
-            ..create
+            ..create_opts
         },
         image,
     )?;
-    let name = rec.name.clone();
-    let guard = TransientGuard {
-        rt,
-        name: name.clone(),
+    let name = created.record.name.clone();
+    // Hand-over to ourselves as the supervisor, unless a stop came first.
+    let handed = rt.registry().update(&name, |r| {
+        r.transition(Status::Starting)?;
+        r.owner_role = OwnerRole::Supervisor;
+        Ok(r.stop_request.is_some())
+    });
+    let stop_first = match handed {
+        Ok((_, s)) => s,
+        Err(e) => {
+            drop(created.lock);
+            let _ = rt.registry().remove(&name);
+            return Err(e.into());
+        }
     };
-    rt.registry.update(&name, |r| {
-        mvm_core::registry::Registry::set_status(r, mvm_core::Status::Starting)
-    })?;
-
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    if stop_first {
+        let _ = stop_tx.send(());
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let supervise = crate::supervisor::supervise(rt, &name, move |ev| {
+    let supervise = supervise(rt, &name, created.lock, stop_rx, move |ev| {
         let _ = tx.send(ev);
     });
-    let dir = rt.registry.dir(&name);
+    let dir = rt.dir(&name);
     let launch_ms = std::cell::Cell::new(0u64);
     let boot_ms = std::cell::Cell::new(0u64);
     let command_ms = std::cell::Cell::new(0u64);
     let drive = async {
         let mut started_at = Instant::now();
+        let mut vmm = None;
         loop {
             match rx.recv().await {
-                Some(crate::supervisor::Event::Started { .. }) => {
+                Some(Event::Started { vmm_pid, .. }) => {
                     launch_ms.set(t.elapsed().as_millis() as u64);
                     started_at = Instant::now();
+                    vmm = Some(vmm_pid);
                 }
-                Some(crate::supervisor::Event::Ready { .. }) => {
+                Some(Event::Ready { .. }) => {
                     boot_ms.set(started_at.elapsed().as_millis() as u64);
                     break;
                 }
-                Some(crate::supervisor::Event::Failed { message }) => {
+                Some(Event::Failed { message }) => {
                     return Err(RuntimeError::StartFailed {
                         name: name.clone(),
                         message,
                     });
                 }
-                None => {
-                    return Err(RuntimeError::StartFailed {
-                        name: name.clone(),
-                        message: "the supervisor ended".into(),
-                    });
+                Some(Event::Stopped { .. }) | None => {
+                    return Err(RuntimeError::StoppedWhileStarting { name: name.clone() });
                 }
             }
         }
+        crate::fault::point("exec.ready", vmm)?;
         let tc = Instant::now();
         let out = exec_in(&dir, opts).await;
         command_ms.set(tc.elapsed().as_millis() as u64);
+        crate::fault::point("exec.command_done", vmm)?;
         out
     };
-    // Run the supervisor and the command side by side in this task. When
-    // the command is done, kill the VMM; the supervisor then returns.
+    // Run the supervisor and the command side by side in this task.
     tokio::pin!(supervise);
     tokio::pin!(drive);
-    let mut sup_done = false;
+    let mut sup_result = None;
     let result = tokio::select! {
         r = &mut drive => r,
         r = &mut supervise => {
-            sup_done = true;
-            match r {
-                Ok(ended) => Err(RuntimeError::StartFailed { name: name.clone(), message: format!("the VMM {} before the command finished", ended.description) }),
-                Err(e) => Err(e),
-            }
+            let e = match &r {
+                Ok(ended) => RuntimeError::StartFailed {
+                    name: name.clone(),
+                    message: format!("the VMM {} before the command finished", ended.description),
+                },
+                Err(e) => RuntimeError::StartFailed { name: name.clone(), message: crate::error_chain(e) },
+            };
+            sup_result = Some(r);
+            Err(e)
         },
         _ = interrupt.recv() => Ok(ExecOutcome::Interrupted),
     };
     let td = Instant::now();
     let mut result = result;
-    // rw added directories: let the guest unmount and power off, then the
-    // supervisor writes them back once the VMM is gone.
-    let write_back = crate::data::mounts(&dir)
-        .map(|m| m.iter().any(|m| m.host_dir.is_some() && !m.read_only))
-        .unwrap_or(false);
-    if write_back && !sup_done {
-        // The in-process supervisor serves the agent socket: poll it while
-        // the request is under way.
-        let shutdown = async {
-            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, request_shutdown(&dir)).await;
-            std::future::pending::<()>().await
+    if sup_result.is_none() {
+        // rw added directories: the guest powers off (syncing) before the
+        // supervisor writes them back; otherwise there is nothing to save.
+        let write_back = crate::resources::drives::mounts(&dir)
+            .map(|m| m.iter().any(|m| m.host_dir.is_some() && !m.read_only))
+            .unwrap_or(false);
+        let timeout = if write_back && !matches!(result, Ok(ExecOutcome::Interrupted)) {
+            crate::supervisor::DEFAULT_STOP_TIMEOUT
+        } else {
+            Duration::ZERO
         };
-        let waited = tokio::select! {
-            r = tokio::time::timeout(SHUTDOWN_TIMEOUT + WRITE_BACK_TIMEOUT, &mut supervise) => r.is_ok(),
-            _ = shutdown => false,
-            _ = interrupt.recv() => false,
+        let _ = rt.registry().update(&name, |r| {
+            r.stop_request = Some(mvm_core::instance::StopRequest {
+                timeout_ms: timeout.as_millis() as u64,
+            });
+            Ok(())
+        });
+        let _ = stop_tx.send(());
+        let limit = timeout + TEARDOWN_LIMIT + crate::resources::drives::WRITE_BACK_LIMIT;
+        let ended = tokio::select! {
+            r = tokio::time::timeout(limit, &mut supervise) => r.ok(),
+            _ = interrupt.recv() => {
+                // A second interrupt: stop waiting for a graceful power-off.
+                let _ = stop_tx.send(());
+                tokio::time::timeout(TEARDOWN_LIMIT, &mut supervise).await.ok()
+            }
         };
-        sup_done = waited;
-        if let Ok((rec, _)) = rt.observe(&name)
-            && let Some(msg) = rec.error
-        {
-            eprintln!("mvm: error: {msg}");
+        sup_result = ended;
+    }
+    match sup_result {
+        Some(Err(e)) if result.is_ok() => {
+            // The command ran, but the teardown (e.g. the write-back) failed.
+            eprintln!("mvm: error: {}", crate::error_chain(&e));
             if matches!(result, Ok(ExecOutcome::Exited(0))) {
                 result = Ok(ExecOutcome::Exited(EXIT_MVM_FAILED));
             }
         }
+        None => tracing::warn!("the teardown of transient machine {name:?} did not finish in time"),
+        _ => {}
     }
-    if let Ok((rec, _)) = rt.observe(&name)
-        && let Some(vmm) = rec.vmm
-    {
-        let _ = vmm.signal(rustix::process::Signal::KILL);
-    }
-    // Let the supervisor observe the exit and clean up (bounded).
-    if !sup_done {
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut supervise).await;
-    }
-    drop(guard);
     timings.launch_ms = launch_ms.get();
     timings.boot_ms = boot_ms.get();
     timings.command_ms = command_ms.get();
@@ -390,32 +447,6 @@ impl Interrupts {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
             _ = self.hup.recv() => {}
-        }
-    }
-}
-
-/// Removes a transient machine (killing its VMM if still alive) on drop,
-/// including on early returns and panics.
-struct TransientGuard<'a> {
-    rt: &'a Runtime,
-    name: String,
-}
-
-impl Drop for TransientGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(rec) = self.rt.registry.load(&self.name) {
-            if let Some(vmm) = rec.vmm
-                && vmm.signal(rustix::process::Signal::KILL).unwrap_or(false)
-            {
-                let _ = vmm.wait_exit(Duration::from_secs(5));
-            }
-            // Its TAP, and the bridge and NAT rules if it was the last user.
-            if let Err(e) = crate::net::release(&self.rt.config, &self.rt.registry, &rec) {
-                tracing::warn!("{}", crate::error_chain(&e));
-            }
-        }
-        if let Err(e) = self.rt.registry.remove(&self.name) {
-            tracing::warn!("cannot remove transient machine {:?}: {e}", self.name);
         }
     }
 }

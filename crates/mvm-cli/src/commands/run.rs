@@ -1,0 +1,64 @@
+//! `mvm run`: create and start a machine, detached; prints its name.
+
+use anyhow::Result;
+use mvm_runtime::ops::create::CreateOptions;
+use mvm_runtime::ops::start::{StartOutcome, WaitFor};
+
+use crate::cli::{NetworkArg, RunArgs};
+use crate::commands::{parse_env, runtime};
+
+pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
+    let rt = runtime()?;
+    let home_dir = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    // Every input is parsed and checked before anything is created or booted.
+    let opts = CreateOptions {
+        name: a.name.clone(),
+        backend: a.backend.map(Into::into).unwrap_or(rt.config().backend),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        transient: false,
+        env: parse_env(&a.env)?,
+        network: a.network.map(|n| match n {
+            NetworkArg::None => mvm_core::instance::NetworkMode::None,
+            NetworkArg::Nat => mvm_core::instance::NetworkMode::Nat,
+        }),
+        ports: a
+            .publish
+            .iter()
+            .map(|p| mvm_net::ports::parse_port_spec(p))
+            .collect::<Result<_, _>>()?,
+        data: mvm_runtime::resources::drives::DataOptions {
+            volumes: a
+                .volumes
+                .iter()
+                .map(|v| mvm_data::spec::Volume::parse(v, home_dir.as_deref()))
+                .collect::<Result<_, _>>()?,
+            secrets: a
+                .secrets
+                .iter()
+                .map(|s| mvm_data::spec::Secret::parse(s, home_dir.as_deref()))
+                .collect::<Result<_, _>>()?,
+            add_dirs: Vec::new(),
+        },
+    };
+    let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
+    let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
+    let name = created.record.name.clone();
+    let wait = if a.no_wait {
+        WaitFor::Started
+    } else {
+        WaitFor::Ready
+    };
+    if let StartOutcome::Started(r) =
+        mvm_runtime::ops::start::start_owned(&rt, &name, created.lock, wait).await?
+    {
+        tracing::info!(
+            "machine {name} started: VMM pid {}, launch {} ms, boot {:?} ms",
+            r.vmm_pid,
+            r.launch_ms,
+            r.boot_ms
+        );
+    }
+    println!("{name}");
+    Ok(0)
+}

@@ -1,0 +1,188 @@
+//! Create a machine: validate everything, claim the name (and become the
+//! machine's owner), allocate its vsock CID under the global lock, build its
+//! root disk and drives (outside any global lock), record it `Created`.
+//!
+//! A creation that fails — bad input, a failing `mkfs`, an interrupt —
+//! leaves nothing: the guard removes the half-made machine, and if the
+//! creating process dies, the next mvm command finds a `Creating` record
+//! without an owner and removes it.
+
+use mvm_core::Status;
+use mvm_core::backend::{BackendChoice, BackendKind};
+use mvm_core::instance::{InstanceRecord, NetworkMode, OwnerRole, PortMapping};
+use mvm_core::process::ProcessIdentity;
+use mvm_core::registry::OwnerLock;
+
+use crate::resources::backend::select;
+use crate::resources::{disk, drives, network};
+use crate::{Runtime, RuntimeError};
+
+/// Smallest memory a machine may have, MiB.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Name (generated when `None`).
+    pub name: Option<String>,
+    /// Backend choice.
+    pub backend: BackendChoice,
+    /// vCPUs (config default when `None`).
+    pub cpus: Option<u8>,
+    /// Memory MiB (config default when `None`).
+    pub memory_mib: Option<u32>,
+    /// Removed after its one command.
+    pub transient: bool,
+    /// Environment applied to every exec.
+    pub env: Vec<(String, String)>,
+    /// Network mode (config default when `None`).
+    pub network: Option<NetworkMode>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// Volumes, secrets and added directories.
+    pub data: drives::DataOptions,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            backend: BackendChoice::Auto,
+            cpus: None,
+            memory_mib: None,
+            transient: false,
+            env: Vec::new(),
+            network: None,
+            ports: Vec::new(),
+            data: drives::DataOptions::default(),
+        }
+    }
+}
+
+/// A machine just created, owned by the caller.
+pub struct Created {
+    /// Its record (`Created`).
+    pub record: InstanceRecord,
+    /// Its owner lock: pass it to `start` (or drop it to leave the machine
+    /// created).
+    pub lock: OwnerLock,
+}
+
+/// The host's memory, MiB (from `/proc/meminfo`).
+fn host_memory_mib() -> Option<u64> {
+    let text = fs_err::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// Check the options of a new machine; the record to create (not saved).
+pub fn validate(
+    rt: &Runtime,
+    opts: &CreateOptions,
+    image: &mvm_image::Image,
+) -> Result<InstanceRecord, RuntimeError> {
+    let name = opts.name.clone().unwrap_or_else(mvm_core::name::generate);
+    mvm_core::name::validate(&name).map_err(mvm_core::registry::RegistryError::from)?;
+    let config = rt.config();
+    let backend = select(opts.backend, config, rt.home()).kind;
+    let mut rec = InstanceRecord::new(&name, &image.name, &image.digest, backend);
+    rec.cpus = opts.cpus.unwrap_or(config.cpus);
+    rec.memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
+    if rec.cpus == 0 {
+        return Err(RuntimeError::Invalid("--cpus must be at least 1".into()));
+    }
+    if rec.memory_mib < MIN_MEMORY_MIB {
+        return Err(RuntimeError::Invalid(format!(
+            "--memory {} MiB is too small (at least {MIN_MEMORY_MIB})",
+            rec.memory_mib
+        )));
+    }
+    if let Some(host) = host_memory_mib()
+        && u64::from(rec.memory_mib) > host
+    {
+        return Err(RuntimeError::Invalid(format!(
+            "--memory {} MiB is more than this host has ({host} MiB)",
+            rec.memory_mib
+        )));
+    }
+    rec.transient = opts.transient;
+    rec.env = opts.env.clone();
+    rec.network = opts.network.unwrap_or(config.network.mode);
+    rec.ports = opts.ports.clone();
+    if rec.network == NetworkMode::None && !rec.ports.is_empty() {
+        return Err(RuntimeError::Invalid(
+            "-p/--publish needs a network; it cannot be used with --network none".into(),
+        ));
+    }
+    if rec.network == NetworkMode::Nat && !network::use_tap() && backend == BackendKind::Firecracker
+    {
+        return Err(network::NetworkError::NeedsRoot.into());
+    }
+    if rec.network == NetworkMode::Nat && network::use_tap() {
+        network::settings(config)?;
+    }
+    drives::check(rt.registry(), Some(&name), &opts.data)?;
+    Ok(rec)
+}
+
+/// Removes a machine whose creation did not finish (unless disarmed).
+struct Unfinished<'a> {
+    rt: &'a Runtime,
+    name: Option<String>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take()
+            && let Err(e) = self.rt.registry().remove(&name)
+        {
+            tracing::warn!("cannot remove the unfinished machine {name:?}: {e}");
+        }
+    }
+}
+
+/// Create a machine (see the module docs).
+pub fn create(
+    rt: &Runtime,
+    opts: &CreateOptions,
+    image: &mvm_image::Image,
+) -> Result<Created, RuntimeError> {
+    let mut rec = validate(rt, opts, image)?;
+    let name = rec.name.clone();
+    let registry = rt.registry();
+    rec.owner = Some(ProcessIdentity::current());
+    rec.owner_role = OwnerRole::Creator;
+    let (dir, lock) = registry.create(&rec)?;
+    let mut unfinished = Unfinished {
+        rt,
+        name: Some(name.clone()),
+    };
+    crate::fault::point("create.claimed", None)?;
+    {
+        // Allocation only: the lowest free vsock CID.
+        let _g = registry.global_lock()?;
+        let used: std::collections::BTreeSet<u32> = registry
+            .list()?
+            .into_iter()
+            .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
+            .collect();
+        rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
+        registry.save(&rec)?;
+    }
+    if disk::needed(image, opts.transient) {
+        rec.drives.push(disk::create(image, &dir)?);
+    }
+    crate::fault::point("create.drives", None)?;
+    drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
+    rec.transition(Status::Created)?;
+    registry.save(&rec)?;
+    unfinished.name = None;
+    Ok(Created { record: rec, lock })
+}

@@ -1,0 +1,16 @@
+//! What a machine holds besides its VMM, one module per kind of resource.
+//! Each takes only what it needs (paths, settings, the registry for
+//! allocation) and each release is idempotent and works from the instance
+//! directory and the persisted record alone, so that a recovery after the
+//! owner's death can run it.
+//!
+//! - [`disk`]: the machine's own writable root disk;
+//! - [`drives`]: config and secrets drives, named volumes, host directories
+//!   (copy in at start, write back after the VMM exits);
+//! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
+//! - [`backend`]: which hypervisor backend runs a machine.
+
+pub mod backend;
+pub mod disk;
+pub mod drives;
+pub mod network;

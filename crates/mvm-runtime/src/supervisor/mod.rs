@@ -1,0 +1,440 @@
+//! The supervisor: the one owner of a running machine.
+//!
+//! One supervisor runs per started machine: `mvm __supervise NAME`, in its
+//! own session so it outlives the CLI ([`detached`]), or in-process for a
+//! transient `mvm exec`. It holds the machine's owner lock from its first
+//! instruction to its last (the lock is inherited from the process that
+//! spawned it, so there is no moment without an owner), and
+//!
+//! 1. prepares the machine's resources: volumes free, network address,
+//!    config drive, TAP and port forwarders;
+//! 2. launches the VMM as its child (with a death signal: the VMM never
+//!    outlives its supervisor) and records it;
+//! 3. takes the one stream to the guest agent and waits for the agent's
+//!    handshake (the machine is then *ready*);
+//! 4. serves `<instance>/agent.sock`, multiplexing every client onto that
+//!    stream, until the VMM exits or a stop is requested;
+//! 5. on a stop request (SIGTERM/SIGINT, with the timeout recorded by
+//!    `mvm stop`): while the guest boots, kills the VMM at once; once ready,
+//!    asks the guest agent to power off, then the VMM (ACPI / Ctrl-Alt-Del),
+//!    then kills the VMM when the timeout passes;
+//! 6. runs the one idempotent teardown ([`teardown::release`]) and exits,
+//!    which releases the lock.
+//!
+//! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
+//! for the detached supervisor).
+
+pub mod detached;
+pub mod spec;
+pub mod teardown;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use mvm_core::instance::{InstanceRecord, OwnerRole};
+use mvm_core::process::ProcessIdentity;
+use mvm_core::registry::OwnerLock;
+use mvm_core::{InstanceDir, Status};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+use crate::resources::backend::AnyBackend;
+use crate::resources::{drives, network};
+use crate::{Runtime, RuntimeError};
+
+/// How long the VMM may take to accept its configuration.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop may take when none was recorded (a plain
+/// SIGTERM to the supervisor).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest agent's own power-off request may take before the
+/// VMM-level request is tried.
+const AGENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long reaping a killed VMM may take.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Progress of a supervisor, as seen by the process that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// The VMM accepted its configuration and started the guest.
+    Started {
+        /// VMM pid.
+        vmm_pid: u32,
+        /// Milliseconds from supervisor start to this moment.
+        launch_ms: u64,
+    },
+    /// The guest agent answered.
+    Ready {
+        /// Milliseconds from `started` to the agent's handshake.
+        boot_ms: u64,
+    },
+    /// Start failed; nothing is left running.
+    Failed {
+        /// Why, with log tails.
+        message: String,
+    },
+    /// The machine stopped (on request, or its VMM exited) before or after
+    /// it was ready; nothing is left running.
+    Stopped {
+        /// How the VMM ended, or why it never ran.
+        reason: String,
+    },
+}
+
+/// How a supervised machine ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Human description ("exited with code 0", "killed by signal 9",
+    /// "stopped before it started").
+    pub description: String,
+}
+
+/// Stop requests delivered to a running supervisor: each message is one
+/// request (SIGTERM, SIGINT, or the end of a transient exec's command). The
+/// second one makes the stop immediate.
+pub type StopRequests = tokio::sync::mpsc::UnboundedReceiver<()>;
+
+/// A human description of a VMM's exit status.
+pub fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".to_string(),
+    }
+}
+
+/// Remove the machine's runtime sockets (never its data).
+pub fn remove_sockets(dir: &InstanceDir) {
+    for p in [
+        dir.agent_socket(),
+        dir.guest_socket(),
+        dir.qmp_socket(),
+        dir.api_socket(),
+    ] {
+        match fs_err::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
+/// Why the lifecycle ended.
+enum Outcome {
+    /// The VMM exited (or was stopped); how.
+    Ended(String),
+    /// The start failed.
+    Failed(RuntimeError),
+}
+
+/// Who the supervisor supervises.
+struct Supervisor<'a> {
+    rt: &'a Runtime,
+    name: String,
+    dir: InstanceDir,
+}
+
+/// Everything the supervisor holds while the machine runs; released by
+/// [`Supervisor::finish`] in reverse order of acquisition.
+#[derive(Default)]
+struct Held {
+    network: Option<network::MachineNetwork>,
+    child: Option<tokio::process::Child>,
+}
+
+/// Run the owner of machine `name`, whose record is `Starting` and whose
+/// owner lock is `lock`, until the machine has stopped and everything it
+/// held is released. `notify` receives [`Event`]s; `stop` delivers stop
+/// requests.
+pub async fn supervise(
+    rt: &Runtime,
+    name: &str,
+    lock: OwnerLock,
+    mut stop: StopRequests,
+    mut notify: impl FnMut(Event),
+) -> Result<Ended, RuntimeError> {
+    let me = ProcessIdentity::current();
+    let sup = Supervisor {
+        rt,
+        name: name.to_owned(),
+        dir: rt.dir(name),
+    };
+    let mut held = Held::default();
+    crate::fault::point("sup.adopted", None)?;
+    let record = rt.registry().update(name, |r| {
+        r.owner = Some(me);
+        r.owner_role = OwnerRole::Supervisor;
+        r.error = None;
+        Ok(())
+    });
+    let outcome = match record {
+        Ok((rec, ())) => sup.lifecycle(rec, &mut held, &mut stop, &mut notify).await,
+        Err(e) => Outcome::Failed(e.into()),
+    };
+    let result = sup.finish(held, outcome, &mut notify).await;
+    drop(lock);
+    result
+}
+
+impl Supervisor<'_> {
+    async fn lifecycle(
+        &self,
+        rec: InstanceRecord,
+        held: &mut Held,
+        stop: &mut StopRequests,
+        notify: &mut impl FnMut(Event),
+    ) -> Outcome {
+        let t0 = Instant::now();
+        if rec.stop_request.is_some() {
+            return Outcome::Ended("stopped before it started".into());
+        }
+        // 1. Resources, cancelled by a stop request.
+        let prepared = tokio::select! {
+            r = self.prepare(rec, held) => r,
+            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
+        };
+        let (backend, spec) = match prepared {
+            Ok(x) => x,
+            Err(e) => return Outcome::Failed(e),
+        };
+
+        // 2. The VMM.
+        let launched = tokio::select! {
+            r = backend.launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT) => r,
+            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
+        };
+        let mut running = match launched {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e.into()),
+        };
+        let vmm_pid = running.child.id().unwrap_or_default();
+        held.child = Some(running.child);
+        let recorded = self.rt.registry().update(&self.name, |r| {
+            r.vmm = ProcessIdentity::of(vmm_pid);
+            r.started_at = Some(time::OffsetDateTime::now_utc());
+            // "running" means the VMM runs the guest (as Docker's "running"
+            // means the process runs); readiness is the `ready` event.
+            r.transition(Status::Running)?;
+            Ok(())
+        });
+        if let Err(e) = recorded {
+            return Outcome::Failed(e.into());
+        }
+        notify(Event::Started {
+            vmm_pid,
+            launch_ms: t0.elapsed().as_millis() as u64,
+        });
+        if let Err(e) = crate::fault::point("sup.vmm_spawned", Some(vmm_pid)) {
+            return Outcome::Failed(e);
+        }
+
+        // 3. The guest agent, racing the VMM's exit, a stop and the deadline.
+        let t_started = Instant::now();
+        let boot_deadline = t_started + self.rt.config().boot_timeout();
+        let dir = self.dir.clone();
+        let child = held.child.as_mut().expect("just set");
+        let ready = async {
+            let guest = match running.guest.take() {
+                Some(s) => s,
+                None => backend
+                    .connect_guest(&dir, boot_deadline)
+                    .await
+                    .map_err(|e| e.with_logs(&dir))?,
+            };
+            let link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
+                .await
+                .map_err(|e| {
+                    mvm_core::backend::BackendError::new(
+                        backend.kind(),
+                        "the guest agent did not answer",
+                    )
+                    .with_source(e)
+                    .with_logs(&dir)
+                })?;
+            let listener = UnixListener::bind(dir.agent_socket())?;
+            Ok::<_, RuntimeError>((link, listener))
+        };
+        let ready = tokio::select! {
+            r = ready => r,
+            status = child.wait() => {
+                let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
+                Err(mvm_core::backend::BackendError::new(
+                    backend.kind(),
+                    format!("the VMM {desc} before the guest agent answered"),
+                )
+                .with_logs(&dir)
+                .into())
+            }
+            // A booting guest cannot power off in an orderly way: a stop
+            // during the start cancels it.
+            _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
+        };
+        let (link, listener) = match ready {
+            Ok(x) => x,
+            Err(e) => return Outcome::Failed(e),
+        };
+        notify(Event::Ready {
+            boot_ms: t_started.elapsed().as_millis() as u64,
+        });
+        if let Err(e) = crate::fault::point("sup.ready", Some(vmm_pid)) {
+            return Outcome::Failed(e);
+        }
+
+        // 4. Serve until the VMM exits; 5. stop on request.
+        let serve = mvm_agent_proto::mux::serve(link, listener, std::future::pending::<()>());
+        tokio::pin!(serve);
+        let mut serving = true;
+        let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                r = &mut serve, if serving => {
+                    serving = false;
+                    // A lost guest stream does not end the machine (the
+                    // guest may be rebooting or shutting down); the VMM's
+                    // exit does.
+                    if let Err(e) = r {
+                        tracing::info!("guest agent stream ended: {e}");
+                    }
+                }
+                _ = stop.recv() => {
+                    if stopping.is_some() {
+                        tracing::info!("second stop request: killing the VMM");
+                        let _ = child.start_kill();
+                        continue;
+                    }
+                    let (timeout, paused) = self.begin_stop();
+                    if let Err(e) = crate::fault::point("sup.stopping", Some(vmm_pid)) {
+                        tracing::warn!("{e}");
+                    }
+                    if timeout.is_zero() {
+                        let _ = child.start_kill();
+                    } else {
+                        stopping = Some(Box::pin(graceful_stop(&backend, &dir, timeout, paused)));
+                    }
+                }
+                () = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
+                    stopping = None;
+                    tracing::info!("the guest did not power off in time: killing the VMM");
+                    let _ = child.start_kill();
+                }
+            }
+        };
+        Outcome::Ended(
+            status
+                .map(describe)
+                .unwrap_or_else(|e| format!("unknown ({e})")),
+        )
+    }
+
+    /// Volumes, address, config drive, network, backend and spec.
+    async fn prepare(
+        &self,
+        rec: InstanceRecord,
+        held: &mut Held,
+    ) -> Result<(AnyBackend, mvm_core::backend::VmSpec), RuntimeError> {
+        let rt = self.rt;
+        let registry = rt.registry();
+        drives::check_volumes_free(registry, &rec)?;
+        let rec = if network::wants_tap(&rec) && rec.net.is_none() {
+            let cfg = network::settings(rt.config())?;
+            network::allocate_and_record(registry, &cfg, &self.name)?
+        } else {
+            rec
+        };
+        let backend = AnyBackend::for_record(&rec, rt.config(), rt.home())?;
+        drives::prepare_start(&rec, &self.dir)?;
+        crate::fault::point("sup.network", None)?;
+        held.network = network::up(rt.config(), registry, &rec).await?;
+        let spec = spec::for_record(rt, &rec)?;
+        remove_sockets(&self.dir);
+        crate::fault::point("sup.vmm_spawn", None)?;
+        Ok((backend, spec))
+    }
+
+    /// Record `Stopping`; the stop's timeout (recorded by `mvm stop`, else
+    /// the default) and whether the machine was paused.
+    fn begin_stop(&self) -> (Duration, bool) {
+        let r = self.rt.registry().update(&self.name, |r| {
+            let paused = r.status() == Status::Paused;
+            if r.status().can_become(Status::Stopping) {
+                r.transition(Status::Stopping)?;
+            }
+            Ok((r.stop_request, paused))
+        });
+        match r {
+            Ok((_, (Some(req), paused))) => (Duration::from_millis(req.timeout_ms), paused),
+            Ok((_, (None, paused))) => (DEFAULT_STOP_TIMEOUT, paused),
+            Err(e) => {
+                tracing::warn!("{}", crate::error_chain(&e));
+                (DEFAULT_STOP_TIMEOUT, false)
+            }
+        }
+    }
+
+    /// The one exit path: kill and reap the VMM, stop the forwarders and
+    /// delete the TAP, then the idempotent release of everything recorded.
+    async fn finish(
+        self,
+        mut held: Held,
+        outcome: Outcome,
+        notify: &mut impl FnMut(Event),
+    ) -> Result<Ended, RuntimeError> {
+        if let Some(mut child) = held.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.start_kill();
+            }
+            let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+        }
+        let _ = crate::fault::point("sup.vmm_gone", None);
+        drop(held.network.take());
+        let _ = crate::fault::point("sup.network_released", None);
+        let (last_exit, error) = match &outcome {
+            Outcome::Ended(d) => (Some(d.clone()), None),
+            Outcome::Failed(e) => (None, Some(crate::error_chain(e))),
+        };
+        let released = match self.rt.registry().load(&self.name) {
+            Ok(rec) => teardown::release(self.rt, &rec, last_exit.clone(), error.clone()),
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Outcome::Ended(description) => {
+                notify(Event::Stopped {
+                    reason: description.clone(),
+                });
+                released?;
+                Ok(Ended { description })
+            }
+            Outcome::Failed(e) => {
+                let message = error.unwrap_or_default();
+                notify(Event::Failed { message });
+                if let Err(r) = released {
+                    tracing::error!("{}", crate::error_chain(&r));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The orderly part of a stop: the agent's power-off (it syncs first),
+/// else the VMM's own request; then wait out the deadline. The caller races
+/// this against the VMM's exit and kills the VMM when this returns.
+async fn graceful_stop(backend: &AnyBackend, dir: &InstanceDir, timeout: Duration, paused: bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if paused {
+        let _ = backend.resume(dir).await;
+    }
+    let agent = tokio::time::timeout(
+        timeout.min(AGENT_SHUTDOWN_TIMEOUT),
+        crate::ops::exec::request_shutdown(dir),
+    )
+    .await;
+    if !matches!(agent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout_at(deadline, backend.request_shutdown(dir)).await;
+    }
+    tokio::time::sleep_until(deadline).await;
+}
