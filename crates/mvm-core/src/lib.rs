@@ -6,6 +6,7 @@
 //! - [`registry`]: the crash-safe store of machine records, reconciled with
 //!   the processes that really run.
 //! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
+//! - [`egress`]: a machine's egress policy (`--egress`), parsed and printed.
 //! - [`backend`]: the one trait every hypervisor backend implements.
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
 //! - [`tools`]: every external program mvm runs, and the one way to run it.
@@ -16,6 +17,7 @@ pub mod atomic;
 pub mod backend;
 pub mod config;
 pub mod env;
+pub mod egress;
 pub mod instance;
 pub mod name;
 pub mod paths;

@@ -11,6 +11,7 @@
 use mvm_core::instance::NetAllocation;
 
 use crate::config::NetConfig;
+use crate::egress::{self, EgressError, Nft};
 use crate::link::{self, LinkError};
 use crate::nat::{self, Iptables, NatError};
 use crate::netlink::{Netlink, NetlinkError};
@@ -35,6 +36,15 @@ pub enum HostError {
         /// Cause.
         #[source]
         source: NatError,
+    },
+    /// An egress table operation failed.
+    #[error("{what}")]
+    Egress {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: EgressError,
     },
     /// Missing privilege.
     #[error(
@@ -199,11 +209,17 @@ pub fn setup_machine(cfg: &NetConfig, alloc: &NetAllocation) -> Result<MachineNe
     Ok(owner)
 }
 
-/// Delete the machine's TAP. Idempotent: a missing TAP is not an error.
+/// Delete the machine's TAP and its egress tables
+/// ([`egress::release`]). Idempotent: a missing TAP or table is not an
+/// error.
 pub fn teardown_machine(alloc: &NetAllocation) -> Result<(), HostError> {
     let what = format!("removing TAP {:?}", alloc.tap);
     let mut nl = Netlink::open().map_err(nl_err(what.clone()))?;
     link::delete(&mut nl, &alloc.tap).map_err(link_err(what))?;
+    egress::release(&Nft::default(), &alloc.tap).map_err(|source| HostError::Egress {
+        what: format!("removing the egress rules of TAP {:?}", alloc.tap),
+        source,
+    })?;
     Ok(())
 }
 
@@ -219,6 +235,8 @@ pub enum Leftover {
     },
     /// A rule tagged `mvm:` that is not one of the current host rules.
     Rule(nat::Rule),
+    /// An egress table (`mvm-eg-<TAP>`) whose TAP no allocation names.
+    Egress(egress::EgressTable),
 }
 
 impl std::fmt::Display for Leftover {
@@ -234,12 +252,14 @@ impl std::fmt::Display for Leftover {
                 }
             ),
             Leftover::Rule(r) => write!(f, "iptables rule `{}`", r.display()),
+            Leftover::Egress(t) => write!(f, "{t} (owned by no machine)"),
         }
     }
 }
 
-/// List leftovers: `mvm-*` TAPs not named by `registered`, and `mvm:` rules
-/// other than the host rules of `cfg`.
+/// List leftovers: `mvm-*` TAPs not named by `registered`, `mvm:` rules
+/// other than the host rules of `cfg`, and egress tables (`mvm-eg-<TAP>`)
+/// of TAPs not named by `registered`.
 pub fn leftovers(
     cfg: &NetConfig,
     registered: &[NetAllocation],
@@ -261,6 +281,12 @@ pub fn leftovers(
         if !expected.contains(&r) {
             out.push(Leftover::Rule(r));
         }
+    }
+    for t in egress::leftovers(&Nft::default(), registered).map_err(|source| HostError::Egress {
+        what: what.into(),
+        source,
+    })? {
+        out.push(Leftover::Egress(t));
     }
     Ok(out)
 }
@@ -292,6 +318,15 @@ pub fn gc(
             Leftover::Rule(r) => {
                 ipt.delete(r)
                     .map_err(nat_err(format!("removing rule `{}`", r.display())))?;
+                report.removed.push(l);
+            }
+            Leftover::Egress(t) => {
+                // Both families go at once; the second table of a pair is
+                // then already gone, which release accepts.
+                egress::release(&Nft::default(), &t.tap).map_err(|source| HostError::Egress {
+                    what: format!("removing {t}"),
+                    source,
+                })?;
                 report.removed.push(l);
             }
         }

@@ -6,6 +6,8 @@
 //!   called under the registry's global lock;
 //! - [`link`]: the bridge, persistent TAPs, IPv4 forwarding (netlink + ioctl);
 //! - [`nat`]: MASQUERADE/FORWARD rules through `iptables`, tagged `mvm:<tag>`;
+//! - [`egress`]: per-machine egress policy (nftables tables `mvm-eg-<TAP>`);
+//! - [`dns`]: the per-machine filtering DNS forwarder, host-side resolution;
 //! - [`forward`]: the TCP port forwarder run by the per-VM supervisor;
 //! - [`ports`]: the `-p [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]` syntax;
 //! - [`host`]: what the runtime calls (ensure_host, setup/teardown_machine,
@@ -23,6 +25,10 @@ pub mod config;
 pub mod netlink;
 pub mod ports;
 
+#[cfg(feature = "host")]
+pub mod dns;
+#[cfg(feature = "host")]
+pub mod egress;
 #[cfg(feature = "host")]
 pub mod forward;
 #[cfg(feature = "host")]

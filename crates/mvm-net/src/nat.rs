@@ -31,11 +31,13 @@ pub const IPTABLES_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum NatError {
     /// The binary is missing.
     #[error(
-        "{program} not found: install the `iptables` package (e.g. `apt-get install iptables`)"
+        "{program} not found: install the `{package}` package (e.g. `apt-get install {package}`)"
     )]
     Missing {
         /// The program name.
         program: String,
+        /// The Debian package that ships it.
+        package: &'static str,
     },
     /// Starting or waiting for the program failed.
     #[error("cannot run {program}")]
@@ -163,19 +165,35 @@ impl Default for Iptables {
     }
 }
 
-struct Output {
-    ok: bool,
-    code: Option<i32>,
-    status: String,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) ok: bool,
+    pub(crate) code: Option<i32>,
+    pub(crate) status: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 fn run(program: &str, args: &[String]) -> Result<Output, NatError> {
+    run_with_input(program, "iptables", args, None)
+}
+
+/// Run `program args` with a deadline, writing `input` (if any) to its
+/// standard input; `package` names the package to install when the
+/// program is missing.
+pub(crate) fn run_with_input(
+    program: &str,
+    package: &'static str,
+    args: &[String],
+    input: Option<Vec<u8>>,
+) -> Result<Output, NatError> {
     let argv = || format!("{program} {}", args.join(" "));
     let mut child = match Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -184,6 +202,7 @@ fn run(program: &str, args: &[String]) -> Result<Output, NatError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(NatError::Missing {
                 program: program.into(),
+                package,
             });
         }
         Err(source) => {
@@ -193,8 +212,15 @@ fn run(program: &str, args: &[String]) -> Result<Output, NatError> {
             });
         }
     };
-    // Read both pipes on threads so a full pipe never blocks the child,
-    // and wait with a deadline.
+    // Write stdin and read both pipes on threads so a full pipe never
+    // blocks the child, and wait with a deadline.
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // A child that exits early closes the pipe: its status says why.
+            let _ = stdin.write_all(&data);
+        });
+    }
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let t_out = std::thread::spawn(move || {

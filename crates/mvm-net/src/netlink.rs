@@ -328,6 +328,35 @@ impl Netlink {
             .map_err(req_err(format!("attach {name:?} to bridge index {master}")))
     }
 
+    /// Move link `index` into the network namespace of `netns` (an fd of
+    /// `/proc/.../ns/net`; used by tests to build machines and hosts).
+    pub fn set_netns(
+        &mut self,
+        index: u32,
+        netns: std::os::fd::BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(drop)
+            .map_err(req_err(format!(
+                "move {name:?} to another network namespace"
+            )))
+    }
+
+    /// Set the MAC address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6], name: &str) -> Result<(), NetlinkError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(drop)
+            .map_err(req_err(format!("set the MAC address of {name:?}")))
+    }
+
     /// Delete link `name`; `Ok(false)` if it did not exist.
     pub fn del_link(&mut self, name: &str) -> Result<bool, NetlinkError> {
         let Some(l) = self.link(name)? else {

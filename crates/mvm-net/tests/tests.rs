@@ -6,6 +6,7 @@
 mod util;
 
 mod alloc_concurrency;
+mod egress;
 mod forward;
 #[cfg(feature = "guest")]
 mod guest;
