@@ -238,6 +238,13 @@ impl AgentClient {
         }
     }
 
+    /// Wait until every frame queued so far was written to the stream
+    /// (`false` if the connection is gone). Useful before exiting right
+    /// after dropping a session, so its `Cancel` leaves.
+    pub async fn flush(&self) -> bool {
+        self.inner.out.flush().await
+    }
+
     /// Whether the connection has been lost.
     pub fn is_closed(&self) -> bool {
         lock(&self.inner.sessions).lost.is_some()

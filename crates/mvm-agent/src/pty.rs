@@ -141,11 +141,20 @@ pub fn spawn(reaper: &Reaper, req: &ExecRequest, size: WinSize) -> Result<Spawne
         .stdout(Stdio::from(dup(&pty.slave)?))
         .stderr(Stdio::from(pty.slave));
     // SAFETY: the closure runs in the forked child before exec; it only
-    // makes two system calls (setsid(2), ioctl(2)), which are
-    // async-signal-safe, and touches no memory. fd 0 is the slave (stdio is
-    // set up before the closure runs) and stays open for the whole call.
+    // makes system calls that are async-signal-safe (sigaction(2),
+    // setsid(2), ioctl(2)) and touches no memory. fd 0 is the slave (stdio
+    // is set up before the closure runs) and stays open for the whole call.
     unsafe {
         cmd.pre_exec(|| {
+            // Job control needs the default actions: a SIGINT or SIGTSTP
+            // ignored by whoever started the agent would otherwise be
+            // ignored by every command on the terminal (ignored dispositions
+            // survive exec).
+            for sig in Signal::iterator() {
+                if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+                    let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+                }
+            }
             nix::unistd::setsid().map_err(io::Error::from)?;
             let stdin = BorrowedFd::borrow_raw(0);
             rustix::process::ioctl_tiocsctty(stdin)?;
