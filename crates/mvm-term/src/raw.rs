@@ -19,9 +19,11 @@ impl RawMode {
     /// (no echo, no line editing, no signals from keys, no output
     /// processing: the guest terminal does all that).
     pub fn enter(fd: impl AsFd) -> Result<RawMode, TermError> {
-        let err = |what| move |e: rustix::io::Errno| TermError::Terminal {
-            what,
-            source: e.into(),
+        let err = |what| {
+            move |e: rustix::io::Errno| TermError::Terminal {
+                what,
+                source: e.into(),
+            }
         };
         let fd = fd
             .as_fd()
@@ -64,10 +66,17 @@ mod tests {
     fn raw_mode_is_entered_and_restored_on_drop() {
         let (_m, slave) = pty();
         let before = tcgetattr(&slave).unwrap();
-        assert!(before.local_modes.contains(LocalModes::ICANON | LocalModes::ECHO));
+        assert!(
+            before
+                .local_modes
+                .contains(LocalModes::ICANON | LocalModes::ECHO)
+        );
         let g = RawMode::enter(&slave).unwrap();
         let raw = tcgetattr(&slave).unwrap();
-        assert!(!raw.local_modes.intersects(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG));
+        assert!(
+            !raw.local_modes
+                .intersects(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG)
+        );
         drop(g);
         let after = tcgetattr(&slave).unwrap();
         assert_eq!(format!("{after:?}"), format!("{before:?}"));
