@@ -129,6 +129,7 @@ async fn run_on(
         cwd: opts.cwd.clone(),
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
+        tty: None,
     };
     let mut session = client.exec(req).await.map_err(|e| exec_err(name, e))?;
     let stdin = session.stdin();

@@ -18,6 +18,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     if !a.command.is_empty() && a.launch_plan.is_some() {
         bail!("give either a command after -- or --launch-plan, not both");
     }
+    if a.tty {
+        crate::commands::tty::check(a.name.is_some())?;
+    }
     let rt = runtime()?;
     let mut opts = ExecOptions {
         argv: a.command.clone(),
@@ -54,6 +57,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         let mut env = rec.env.clone();
         env.append(&mut opts.env);
         opts.env = env;
+        if a.tty {
+            return crate::commands::tty::exec_in(&rt.registry.dir(name), &opts).await;
+        }
         let outcome = exec_in(&rt.registry.dir(name), &opts).await?;
         return Ok(outcome.exit_code() as u8);
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each calls into the library crates.
 
+mod completion;
 mod cp;
 mod doctor;
 mod exec;
@@ -7,6 +8,7 @@ mod image;
 mod logs;
 mod machines;
 mod setup;
+mod tty;
 mod volume;
 
 use anyhow::Result;
@@ -19,7 +21,7 @@ use crate::cli::{Cli, Command};
 /// 125 so it cannot be confused with the guest command's own status).
 pub fn failure_code(cmd: &Command) -> u8 {
     match cmd {
-        Command::Exec(_) => mvm_runtime::exec::EXIT_MVM_FAILED as u8,
+        Command::Exec(_) | Command::Shell(_) => mvm_runtime::exec::EXIT_MVM_FAILED as u8,
         _ => 1,
     }
 }
@@ -49,6 +51,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc => machines::gc().await,
         Command::Volume(c) => volume::run(c),
         Command::Cp(a) => cp::run(a).await,
+        Command::Shell(a) => tty::shell(a).await,
+        Command::Completion(a) => completion::run(a),
         Command::Supervise(a) => machines::supervise(a).await,
     }
 }
