@@ -101,7 +101,9 @@ async fn via_terminal(client: &AgentClient) -> Vec<Duration> {
         }
         // End cat: a newline, then Ctrl-D on an empty line.
         nix::unistd::write(&master, b"\n\x04").unwrap();
-        times
+        // The master stays open until the session ended (closing it would
+        // hang the host terminal up under run_tty).
+        (times, master)
     })
     .await
     .unwrap();
@@ -111,7 +113,7 @@ async fn via_terminal(client: &AgentClient) -> Vec<Duration> {
         .unwrap()
         .unwrap();
     assert_eq!(outcome.exit_code(), 0);
-    keys
+    keys.0
 }
 
 /// The protocol alone: the agent client writes a key, waits for the echo.

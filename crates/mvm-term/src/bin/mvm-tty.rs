@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    let code = rt.block_on(async {
+    rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = match AgentClient::connect_unix(socket.as_ref(), deadline).await {
             Ok(c) => c,
@@ -92,8 +92,7 @@ fn main() -> ExitCode {
             Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
             Err(e) => fail(&e),
         }
-    });
-    code
+    })
 }
 
 /// Print the error chain (the terminal is restored by now) and return 125.
