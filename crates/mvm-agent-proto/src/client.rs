@@ -24,10 +24,10 @@ use tokio::task::AbortHandle;
 
 use crate::flow::{Credit, Grants};
 use crate::frame::{DATA_CHUNK_MAX, Frame, Message};
-use crate::handshake::{self, HandshakeError, Negotiated};
+use crate::handshake::{self, HandshakeError, Negotiated, TTY_VERSION};
 use crate::io::{FrameReader, FrameSender, spawn_writer};
 use crate::message::{
-    AgentInfo, ErrorKind, ExecRequest, ExitStatus, FileMeta, Request, Response, Role,
+    AgentInfo, ErrorKind, ExecRequest, ExitStatus, FileMeta, Request, Response, Role, WinSize,
 };
 
 /// Default deadline for request/response calls and for transfer progress.
@@ -86,6 +86,19 @@ pub enum ClientError {
         what: &'static str,
         /// The kind byte received.
         kind: u8,
+    },
+    /// The agent speaks a protocol version without this feature.
+    #[error(
+        "the guest agent speaks protocol version {version}, but {feature} needs version {needed}: \
+         rebuild the machine's image with this mvm (`mvm image build`) and recreate the machine"
+    )]
+    Unsupported {
+        /// What was asked for.
+        feature: &'static str,
+        /// The negotiated version.
+        version: u32,
+        /// The version the feature needs.
+        needed: u32,
     },
     /// Reading the local source or writing the local destination failed.
     #[error("local I/O failed during {what}")]
@@ -210,6 +223,28 @@ impl AgentClient {
         &self.inner.negotiated
     }
 
+    /// `Ok` when the negotiated version is at least `needed`, otherwise
+    /// [`ClientError::Unsupported`] naming `feature` and the fix.
+    pub fn require(&self, needed: u32, feature: &'static str) -> Result<(), ClientError> {
+        let version = self.inner.negotiated.version;
+        if version >= needed {
+            Ok(())
+        } else {
+            Err(ClientError::Unsupported {
+                feature,
+                version,
+                needed,
+            })
+        }
+    }
+
+    /// Wait until every frame queued so far was written to the stream
+    /// (`false` if the connection is gone). Useful before exiting right
+    /// after dropping a session, so its `Cancel` leaves.
+    pub async fn flush(&self) -> bool {
+        self.inner.out.flush().await
+    }
+
     /// Whether the connection has been lost.
     pub fn is_closed(&self) -> bool {
         lock(&self.inner.sessions).lost.is_some()
@@ -310,8 +345,13 @@ impl AgentClient {
     }
 
     /// Start a command. Dropping the returned session before its exit
-    /// cancels it (the agent SIGKILLs its process group).
+    /// cancels it (the agent SIGKILLs its process group). With `req.tty`
+    /// the agent must speak version 2 ([`ClientError::Unsupported`]
+    /// otherwise, and nothing is sent).
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
+        if req.tty.is_some() {
+            self.require(TTY_VERSION, "a terminal (exec -t)")?;
+        }
         let s = self.open(Request::Exec(req))?;
         Ok(ExecSession {
             stdin: ExecStdin {
@@ -630,9 +670,16 @@ impl ExecSession {
         self.stdin.close()
     }
 
-    /// Deliver `signal` to the command's process group.
+    /// Deliver `signal` to the command's process group (on a terminal: to
+    /// its foreground process group).
     pub fn signal(&self, signal: i32) -> Result<(), ClientError> {
         self.stdin.signal(signal)
+    }
+
+    /// Tell the agent the terminal's new size (a session started with
+    /// `tty`; needs protocol version 2).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.stdin.resize(WinSize { rows, cols })
     }
 }
 
@@ -678,8 +725,15 @@ impl ExecStdin {
         self.send(Message::StdinEof)
     }
 
-    /// Deliver a signal to the command's process group.
+    /// Deliver a signal to the command's process group (on a terminal: to
+    /// its foreground process group).
     pub fn signal(&self, signal: i32) -> Result<(), ClientError> {
         self.send(Message::Signal(signal))
+    }
+
+    /// Tell the agent the terminal's new size (needs protocol version 2).
+    pub fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        self.client.require(TTY_VERSION, "resizing a terminal")?;
+        self.send(Message::Resize(size))
     }
 }

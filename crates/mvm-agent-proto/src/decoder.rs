@@ -2,8 +2,16 @@
 //!
 //! The decoder never panics on any input. The length prefix is checked as
 //! soon as its four bytes are present, so an oversize frame is rejected
-//! before its body is awaited or any buffer is grown for it. After an error
-//! the decoder is poisoned: the stream is out of sync and must be closed.
+//! before its body is awaited or any buffer is grown for it.
+//!
+//! Two classes of errors:
+//! - a broken frame *header* (length too large or too small): the stream is
+//!   out of sync, the decoder is poisoned and the connection must be closed;
+//! - a well-framed frame whose payload cannot be decoded (an unknown kind, a
+//!   request this version does not know, a bad JSON or a wrong size):
+//!   [`ProtoError::Undecodable`], which names the session. The frame is
+//!   skipped and the stream stays usable, so a peer can answer an error on
+//!   that session instead of dropping the link ([`ProtoError::is_fatal`]).
 
 use bytes::{Buf, BytesMut};
 
@@ -52,9 +60,29 @@ pub enum ProtoError {
         #[source]
         source: serde_json::Error,
     },
+    /// A well-framed frame whose payload cannot be decoded; the stream is
+    /// still in sync (see the module docs).
+    #[error("frame of kind {kind} on session {session} cannot be decoded")]
+    Undecodable {
+        /// The session id of the frame.
+        session: u32,
+        /// Its kind byte.
+        kind: u8,
+        /// Why its payload was refused.
+        #[source]
+        source: Box<ProtoError>,
+    },
     /// An earlier error left the stream out of sync.
     #[error("the frame stream failed earlier and is out of sync")]
     Poisoned,
+}
+
+impl ProtoError {
+    /// Whether the stream is out of sync after this error (everything but
+    /// [`ProtoError::Undecodable`]).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, ProtoError::Undecodable { .. })
+    }
 }
 
 /// Incremental decoder of the frame stream.
@@ -89,7 +117,9 @@ impl FrameDecoder {
             return Some(Err(ProtoError::Poisoned));
         }
         let r = self.try_next();
-        if let Some(Err(_)) = r {
+        if let Some(Err(e)) = &r
+            && e.is_fatal()
+        {
             self.poisoned = true;
             self.buf = BytesMut::new();
         }
@@ -115,7 +145,15 @@ impl FrameDecoder {
         frame.advance(4);
         let session = frame.get_u32_le();
         let kind = frame.get_u8();
-        Some(Message::decode(kind, frame.freeze()).map(|message| Frame { session, message }))
+        Some(
+            Message::decode(kind, frame.freeze())
+                .map(|message| Frame { session, message })
+                .map_err(|e| ProtoError::Undecodable {
+                    session,
+                    kind,
+                    source: Box::new(e),
+                }),
+        )
     }
 }
 
@@ -151,9 +189,30 @@ mod tests {
         d.feed(&[6, 0, 0, 0, 1, 0]);
         assert!(d.next_frame().is_none());
         d.feed(&[0, 0, 5, 9]);
-        assert!(matches!(
-            d.next_frame(),
-            Some(Err(ProtoError::BadLength { .. }))
-        ));
+        match d.next_frame() {
+            Some(Err(ProtoError::Undecodable {
+                session: 1,
+                kind: 5,
+                source,
+            })) => assert!(matches!(*source, ProtoError::BadLength { .. })),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_undecodable_frame_is_skipped_and_the_stream_goes_on() {
+        let mut d = FrameDecoder::new();
+        // Kind 200 on session 3 (unknown), then a Cancel on session 4.
+        d.feed(&[5, 0, 0, 0, 3, 0, 0, 0, 200]);
+        d.feed(&[5, 0, 0, 0, 4, 0, 0, 0, 14]);
+        match d.next_frame() {
+            Some(Err(e @ ProtoError::Undecodable { session: 3, .. })) => assert!(!e.is_fatal()),
+            other => panic!("{other:?}"),
+        }
+        match d.next_frame() {
+            Some(Ok(f)) => assert_eq!(f, Frame::new(4, Message::Cancel)),
+            other => panic!("{other:?}"),
+        }
+        assert!(d.next_frame().is_none());
     }
 }

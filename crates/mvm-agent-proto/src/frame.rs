@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::decoder::ProtoError;
-use crate::message::{ErrorMsg, ExitStatus, Hello, Request, Response};
+use crate::message::{ErrorMsg, ExitStatus, Hello, Request, Response, WinSize};
 
 /// Largest accepted value of the length field (everything after it).
 pub const MAX_FRAME_LEN: u32 = 1024 * 1024;
@@ -62,6 +62,8 @@ pub enum Message {
     DataEnd,
     /// Kind 14: the host abandons the session.
     Cancel,
+    /// Kind 15 (protocol >= 2): the session's terminal changed size.
+    Resize(WinSize),
 }
 
 impl Message {
@@ -82,6 +84,7 @@ impl Message {
             Message::Data(_) => 12,
             Message::DataEnd => 13,
             Message::Cancel => 14,
+            Message::Resize(_) => 15,
         }
     }
 
@@ -133,6 +136,13 @@ impl Message {
             12 => Message::Data(data(kind, payload)?),
             13 => empty(kind, &payload, Message::DataEnd)?,
             14 => empty(kind, &payload, Message::Cancel)?,
+            15 => {
+                let b = four(kind, &payload)?;
+                Message::Resize(WinSize {
+                    rows: u16::from_le_bytes([b[0], b[1]]),
+                    cols: u16::from_le_bytes([b[2], b[3]]),
+                })
+            }
             other => return Err(ProtoError::UnknownKind(other)),
         })
     }
@@ -164,6 +174,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
             }
             Message::Signal(s) => out.extend_from_slice(&s.to_le_bytes()),
             Message::Window(n) => out.extend_from_slice(&n.to_le_bytes()),
+            Message::Resize(w) => {
+                out.extend_from_slice(&w.rows.to_le_bytes());
+                out.extend_from_slice(&w.cols.to_le_bytes());
+            }
             Message::StdinEof | Message::DataEnd | Message::Cancel => {}
         }
         Ok(())
@@ -190,6 +204,17 @@ mod tests {
         let mut out = Vec::new();
         encode(&Frame::new(7, Message::Window(0x0102_0304)), &mut out).unwrap();
         assert_eq!(out, [9, 0, 0, 0, 7, 0, 0, 0, 11, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn resize_layout_is_rows_then_cols_little_endian() {
+        let mut out = Vec::new();
+        let m = Message::Resize(WinSize {
+            rows: 0x0102,
+            cols: 0x0304,
+        });
+        encode(&Frame::new(2, m), &mut out).unwrap();
+        assert_eq!(out, [9, 0, 0, 0, 2, 0, 0, 0, 15, 2, 1, 4, 3]);
     }
 
     #[test]

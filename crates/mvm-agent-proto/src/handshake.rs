@@ -10,8 +10,22 @@
 
 use crate::message::{ErrorKind, ErrorMsg, Hello, Role};
 
-/// The protocol version this crate speaks (the only one so far).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this crate speaks.
+///
+/// - 1: exec, files, ping/info, shutdown.
+/// - 2: terminals (`ExecRequest::tty`, `Resize`); an agent answers a request
+///   it cannot decode with `Error(InvalidRequest)` on that session.
+///
+/// A feature of version N is used only when the negotiated version is >= N
+/// (see `AgentClient::require`); otherwise the host fails with an error that
+/// names the feature and the fix.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The lowest protocol version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The version that brought terminals (`ExecRequest::tty`, `Resize`).
+pub const TTY_VERSION: u32 = 2;
 
 /// The highest version both hellos accept, or the error message naming
 /// both ranges.
@@ -38,11 +52,18 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<u32, ErrorMsg> {
     }
 }
 
-/// This crate's `Hello` for `role`, speaking exactly [`PROTOCOL_VERSION`].
+/// This crate's `Hello` for `role`, speaking
+/// [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`].
 pub fn hello(role: Role, software: impl Into<String>) -> Hello {
+    hello_up_to(role, software, PROTOCOL_VERSION)
+}
+
+/// A `Hello` speaking [`MIN_PROTOCOL_VERSION`]`..=max_version` (the
+/// multiplexer offers its clients no more than its guest speaks).
+pub fn hello_up_to(role: Role, software: impl Into<String>, max_version: u32) -> Hello {
     Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: max_version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
         role,
         software: software.into(),
     }

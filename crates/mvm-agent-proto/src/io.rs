@@ -28,7 +28,22 @@ pub enum StreamError {
     },
 }
 
-/// Reads frames from an [`AsyncRead`]. `read_frame` is cancel-safe.
+impl StreamError {
+    /// For a well-framed frame that could not be decoded (the stream is
+    /// still usable): its session and kind.
+    pub fn undecodable(&self) -> Option<(u32, u8)> {
+        match self {
+            StreamError::Proto(ProtoError::Undecodable { session, kind, .. }) => {
+                Some((*session, *kind))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Reads frames from an [`AsyncRead`]. `read_frame` is cancel-safe; after
+/// an error for which [`StreamError::undecodable`] is `Some`, reading may
+/// go on.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,

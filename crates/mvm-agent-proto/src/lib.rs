@@ -2,7 +2,7 @@
 //! stream (QEMU: a virtio-serial port; Firecracker: a hybrid-vsock
 //! connection; tests: a Unix socket).
 //!
-//! # Wire format (protocol version 1)
+//! # Wire format (protocol versions 1 and 2)
 //!
 //! The stream is a sequence of frames:
 //!
@@ -34,6 +34,7 @@
 //! | 12   | `Data`      | raw bytes (≤ 64 KiB)                      | file contents, either way |
 //! | 13   | `DataEnd`   | empty                                     | end of file contents |
 //! | 14   | `Cancel`    | empty                                     | host → agent: abandon the session |
+//! | 15   | `Resize`    | rows: u16 LE, cols: u16 LE (v2)           | host → agent: the terminal's new size |
 //!
 //! # Handshake
 //!
@@ -54,6 +55,26 @@
 //! - `Exec` → `Stdout`/`Stderr` as produced, then `Exit` (or `Error`, e.g.
 //!   command not found, with [`ErrorKind::NotFound`]). The host may send
 //!   `Stdin`, `StdinEof`, `Signal` (delivered to the command's process group).
+//! - `Exec` with `tty` (version 2): the command runs on a new pseudo-terminal
+//!   of that size, as session leader and controlling process (job control
+//!   works). `Stdin` is typed into the terminal (Ctrl-C, Ctrl-Z, Ctrl-\ are
+//!   bytes the terminal's line discipline turns into signals); its output is
+//!   the single stream `Stdout`; `StdinEof` is ignored (Ctrl-D is a byte);
+//!   `Resize` sets the terminal's size (the foreground job gets SIGWINCH);
+//!   `Signal` goes to the terminal's foreground process group. When the
+//!   command exits, or the session is cancelled or its stream lost, every
+//!   process left in its session is killed. `Exit` carries the command's
+//!   own status.
+//!
+//! # Versions
+//!
+//! Version 2 added `ExecRequest::tty` and `Resize`. Both sides speak 1..=2;
+//! the host uses a version-2 feature only when 2 was negotiated, otherwise
+//! it fails with an error naming the feature and the fix (rebuild the
+//! image). A frame whose header is fine but whose payload a peer cannot
+//! decode (an unknown kind or request, bad JSON) does not break the
+//! connection: the agent answers `Error(InvalidRequest, "unknown request
+//! ...")` on that session, cancelling it if it was open.
 //! - `WriteFile { path, mode }` → the host sends `Data` chunks then `DataEnd`;
 //!   the agent answers `Response::Done` or `Error`.
 //! - `ReadFile { path }` → `Response::FileMeta`, `Data` chunks, `DataEnd`; or
@@ -101,10 +122,10 @@ pub use decoder::{FrameDecoder, ProtoError};
 pub use frame::{
     DATA_CHUNK_MAX, Frame, HEADER_LEN, INITIAL_WINDOW, MAX_FRAME_LEN, Message, encode,
 };
-pub use handshake::{PROTOCOL_VERSION, negotiate};
+pub use handshake::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, TTY_VERSION, negotiate};
 pub use message::{
     AgentInfo, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, FileMeta, Hello, Request, Response,
-    Role,
+    Role, WinSize,
 };
 
 /// An error and its causes on one line (`a: b: c`), for logs and for

@@ -30,6 +30,15 @@ pub struct Hello {
     pub software: String,
 }
 
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WinSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
 /// A command to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -43,6 +52,13 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Kill the command's process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Protocol >= 2: run the command on a new pseudo-terminal of this
+    /// initial size, as its session leader and controlling process. Output
+    /// is then the terminal's single stream (`Stdout` only). Absent: no
+    /// terminal is ever allocated. A version-1 agent would ignore the field,
+    /// so the client refuses to send it unless version 2 was negotiated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<WinSize>,
 }
 
 /// A request; it opens the session it is sent on.

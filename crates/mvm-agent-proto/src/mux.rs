@@ -172,6 +172,7 @@ where
                     state.clone(),
                     guest_out.clone(),
                     software.clone(),
+                    negotiated.version,
                 ));
             }
             frame = reader.read_frame() => {
@@ -253,10 +254,13 @@ async fn client_task(
     state: Arc<Mutex<State>>,
     guest: FrameSender,
     software: String,
+    guest_version: u32,
 ) {
     let (r, mut w) = stream.into_split();
     let mut reader = FrameReader::new(r);
-    let ours = handshake::hello(Role::Agent, software);
+    // Offer no more than the guest speaks, so the client's version checks
+    // see the guest's version.
+    let ours = handshake::hello_up_to(Role::Agent, software, guest_version);
     let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
     if handshake::respond(&mut reader, &mut w, &ours, deadline)
         .await
@@ -272,7 +276,38 @@ async fn client_task(
             sessions: HashMap::new(),
         },
     );
-    while let Ok(Some(f)) = reader.read_frame().await {
+    loop {
+        let f = match reader.read_frame().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => match e.undecodable() {
+                // A frame we cannot decode (from a newer client): end that
+                // session, keep the connection.
+                Some((sid, kind)) if sid != 0 => {
+                    let mut st = lock(&state);
+                    if let Some(gsid) = st
+                        .clients
+                        .get_mut(&id)
+                        .and_then(|c| c.sessions.remove(&sid))
+                    {
+                        st.routes.remove(&gsid);
+                        guest.send(Frame::new(gsid, Message::Cancel));
+                    }
+                    out.send(Frame::new(
+                        sid,
+                        Message::Error(ErrorMsg::new(
+                            ErrorKind::InvalidRequest,
+                            format!(
+                                "unknown request or frame (kind {kind}) on session {sid}: {}",
+                                crate::error_chain(&e)
+                            ),
+                        )),
+                    ));
+                    continue;
+                }
+                _ => break,
+            },
+        };
         if f.session == 0 {
             if matches!(f.message, Message::Error(_)) {
                 break;

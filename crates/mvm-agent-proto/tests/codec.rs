@@ -19,14 +19,20 @@ fn exec_req() -> impl Strategy<Value = ExecRequest> {
         prop::option::of(s()),
         any::<bool>(),
         prop::option::of(any::<u64>()),
+        prop::option::of(win_size()),
     )
-        .prop_map(|(argv, env, cwd, stdin, timeout_ms)| ExecRequest {
+        .prop_map(|(argv, env, cwd, stdin, timeout_ms, tty)| ExecRequest {
             argv,
             env,
             cwd,
             stdin,
             timeout_ms,
+            tty,
         })
+}
+
+fn win_size() -> impl Strategy<Value = WinSize> {
+    (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -89,6 +95,7 @@ fn message() -> impl Strategy<Value = Message> {
         data().prop_map(Message::Data),
         Just(Message::DataEnd),
         Just(Message::Cancel),
+        win_size().prop_map(Message::Resize),
     ]
 }
 
@@ -197,10 +204,61 @@ fn data_payload_over_64k_rejected() {
     wire.resize(4 + len as usize, 0);
     let mut d = FrameDecoder::new();
     d.feed(&wire);
-    assert!(matches!(
-        d.next_frame(),
-        Some(Err(ProtoError::DataTooLarge { kind: 6, .. }))
-    ));
+    match d.next_frame() {
+        Some(Err(ProtoError::Undecodable {
+            kind: 6, source, ..
+        })) => {
+            assert!(matches!(*source, ProtoError::DataTooLarge { kind: 6, .. }))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_version_1_exec_request_still_decodes_and_means_no_terminal() {
+    // Exactly what a version-1 host sends: no `tty` field.
+    let v1 = br#"{"Exec":{"argv":["sh"],"env":[],"cwd":null,"stdin":true,"timeout_ms":null}}"#;
+    let mut wire = Vec::new();
+    wire.extend_from_slice(&(5 + v1.len() as u32).to_le_bytes());
+    wire.extend_from_slice(&1u32.to_le_bytes());
+    wire.push(2);
+    wire.extend_from_slice(v1);
+    let mut d = FrameDecoder::new();
+    d.feed(&wire);
+    match d.next_frame() {
+        Some(Ok(Frame {
+            message: Message::Request(Request::Exec(r)),
+            ..
+        })) => {
+            assert_eq!(r.tty, None);
+            assert!(r.stdin);
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a request without a terminal is encoded without the field, so a
+    // version-1 agent sees exactly what it always saw.
+    let json = serde_json::to_string(&Request::Exec(ExecRequest::default())).unwrap();
+    assert!(!json.contains("tty"), "{json}");
+}
+
+#[test]
+fn resize_with_a_wrong_payload_size_is_undecodable_not_fatal() {
+    let mut d = FrameDecoder::new();
+    d.feed(&[8, 0, 0, 0, 9, 0, 0, 0, 15, 1, 0, 2]);
+    d.feed(&[5, 0, 0, 0, 9, 0, 0, 0, 14]);
+    match d.next_frame() {
+        Some(Err(
+            e @ ProtoError::Undecodable {
+                session: 9,
+                kind: 15,
+                ..
+            },
+        )) => {
+            assert!(!e.is_fatal())
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(d.next_frame(), Some(Ok(f)) if f == Frame::new(9, Message::Cancel)));
 }
 
 #[test]

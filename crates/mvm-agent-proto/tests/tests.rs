@@ -4,3 +4,5 @@ mod codec;
 // Needs the async half of the crate: `cargo test -p mvm-agent-proto --all-features`.
 #[cfg(feature = "tokio")]
 mod handshake;
+#[cfg(feature = "tokio")]
+mod v2;

@@ -59,7 +59,7 @@ pub struct Spawned {
     stdin: Option<pipe::Sender>,
 }
 
-fn spawn_error(argv0: &str, e: &std::io::Error) -> ErrorMsg {
+pub fn spawn_error(argv0: &str, e: &std::io::Error) -> ErrorMsg {
     match e.kind() {
         std::io::ErrorKind::NotFound => {
             ErrorMsg::new(ErrorKind::NotFound, format!("{argv0}: command not found"))
@@ -72,8 +72,9 @@ fn spawn_error(argv0: &str, e: &std::io::Error) -> ErrorMsg {
     }
 }
 
-/// Spawn the command of `req`.
-pub fn spawn(reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, ErrorMsg> {
+/// The command of `req` (argv, environment, working directory), without
+/// its stdio and session setup; also used for commands on a terminal.
+pub fn command(req: &ExecRequest) -> Result<Command, ErrorMsg> {
     let Some(argv0) = req.argv.first() else {
         return Err(ErrorMsg::new(ErrorKind::InvalidRequest, "exec: empty argv"));
     };
@@ -89,14 +90,21 @@ pub fn spawn(reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, ErrorMsg> {
         .env_clear()
         .envs(DEFAULT_ENV)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(cwd);
+    Ok(cmd)
+}
+
+/// Spawn the command of `req`.
+pub fn spawn(reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, ErrorMsg> {
+    let mut cmd = command(req)?;
+    let argv0 = &req.argv[0];
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and only
     // calls setsid(2), which is async-signal-safe and touches no memory.
     unsafe {
@@ -249,7 +257,7 @@ pub async fn drive(
 }
 
 /// Aborts tasks when dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+pub struct AbortOnDrop(pub Vec<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -28,6 +28,7 @@ mod init;
 mod log;
 mod modules;
 mod mounts;
+mod pty;
 mod reaper;
 mod serve;
 mod shutdown;

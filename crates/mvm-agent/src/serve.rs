@@ -10,7 +10,12 @@
 //!   by the host's credit);
 //! - `Window` adds credit to the session's output;
 //! - `Signal` goes to the command's process group; `Cancel` kills the group
-//!   (SIGKILL), stops the session task and forgets the session.
+//!   (SIGKILL), stops the session task and forgets the session;
+//! - on a terminal session (see [`crate::pty`]) `Resize` sets the size,
+//!   `Signal` goes to the foreground group and `Cancel` kills the session;
+//! - a frame that cannot be decoded (a newer host's request) is answered
+//!   with `Error(InvalidRequest, "unknown request ...")` on its session,
+//!   which is cancelled if open; the connection goes on.
 //!
 //! When the stream ends, every session is cancelled the same way.
 
@@ -30,6 +35,7 @@ use tokio::task::AbortHandle;
 
 use crate::exec::{self, StdinMsg};
 use crate::files::{self, FileMsg};
+use crate::pty;
 use crate::reaper::Reaper;
 
 /// How long a peer has to send its `Hello` after the stream opened.
@@ -64,6 +70,8 @@ enum Ctl {
         credit: Arc<Credit>,
         stdin: mpsc::UnboundedSender<StdinMsg>,
         task: AbortHandle,
+        /// The terminal of a `tty` session.
+        pty: Option<Arc<pty::Master>>,
     },
     WriteFile {
         data: mpsc::UnboundedSender<FileMsg>,
@@ -79,9 +87,17 @@ impl Ctl {
     fn cancel(self) {
         match self {
             Ctl::Exec {
-                pid, credit, task, ..
+                pid,
+                credit,
+                task,
+                pty,
+                ..
             } => {
-                exec::signal_group(pid, Signal::SIGKILL as i32);
+                if pty.is_some() {
+                    pty::hang_up(pid);
+                } else {
+                    exec::signal_group(pid, Signal::SIGKILL as i32);
+                }
                 credit.close();
                 task.abort();
             }
@@ -125,6 +141,29 @@ where
         match reader.read_frame().await {
             Ok(Some(f)) => dispatch(&ctx, &table, &out, f).await,
             Ok(None) => break Ok(()),
+            Err(e) if matches!(e.undecodable(), Some((sid, _)) if sid != 0) => {
+                let Some((sid, kind)) = e.undecodable() else {
+                    continue;
+                };
+                let open = lock(&table).remove(&sid);
+                if let Some(c) = open {
+                    c.cancel();
+                }
+                out.send(Frame::new(
+                    sid,
+                    Message::Error(ErrorMsg::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "unknown request or frame (kind {kind}) on session {sid}: {}; \
+                             this agent is mvm-agent {} speaking protocol {}..={}",
+                            mvm_agent_proto::error_chain(&e),
+                            env!("CARGO_PKG_VERSION"),
+                            mvm_agent_proto::MIN_PROTOCOL_VERSION,
+                            mvm_agent_proto::PROTOCOL_VERSION,
+                        ),
+                    )),
+                ));
+            }
             Err(e) => {
                 // Tell the host why, then close.
                 out.send(Frame::new(
@@ -192,9 +231,16 @@ async fn dispatch(ctx: &Ctx, table: &Table, out: &FrameSender, f: Frame) {
                 let _ = stdin.send(StdinMsg::Eof);
             }
         }
-        Message::Signal(sig) => {
-            if let Some(Ctl::Exec { pid, .. }) = lock(table).get(&sid) {
-                exec::signal_group(*pid, sig);
+        Message::Signal(sig) => match lock(table).get(&sid) {
+            Some(Ctl::Exec {
+                pid, pty: Some(m), ..
+            }) => m.signal(*pid, sig),
+            Some(Ctl::Exec { pid, .. }) => exec::signal_group(*pid, sig),
+            _ => {}
+        },
+        Message::Resize(size) => {
+            if let Some(Ctl::Exec { pty: Some(m), .. }) = lock(table).get(&sid) {
+                m.resize(size);
             }
         }
         Message::Data(b) => {
@@ -245,6 +291,40 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
             crate::log!("shutdown requested by the host");
             crate::shutdown::power_off(ctx.pid1).await;
         }
+        Request::Exec(req) if req.tty.is_some() => {
+            let size = req.tty.unwrap_or_default();
+            let sp = match pty::spawn(&ctx.reaper, &req, size) {
+                Ok(sp) => sp,
+                Err(e) => return reply(Message::Error(e)),
+            };
+            let (pid, master) = (sp.pid, sp.master.clone());
+            let credit = Arc::new(Credit::default());
+            let (stdin, stdin_rx) = mpsc::unbounded_channel();
+            // As below: the table lock is held across spawn + insert.
+            let mut t = lock(table);
+            let task = session_task(
+                table,
+                sid,
+                pty::drive(
+                    sid,
+                    sp,
+                    req.timeout_ms.map(Duration::from_millis),
+                    credit.clone(),
+                    stdin_rx,
+                    out.clone(),
+                ),
+            );
+            t.insert(
+                sid,
+                Ctl::Exec {
+                    pid,
+                    credit,
+                    stdin,
+                    task,
+                    pty: Some(master),
+                },
+            );
+        }
         Request::Exec(req) => {
             let sp = match exec::spawn(&ctx.reaper, &req) {
                 Ok(sp) => sp,
@@ -275,6 +355,7 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
                     credit,
                     stdin,
                     task,
+                    pty: None,
                 },
             );
         }

@@ -6,3 +6,4 @@ mod exec;
 mod files;
 mod mux;
 mod protocol;
+mod pty;

@@ -89,6 +89,10 @@ pub enum Command {
     /// Copy a file between the host and a running machine (one side is
     /// NAME:GUEST_PATH).
     Cp(CpArgs),
+    /// A login shell in a machine (bash -l, else sh -l).
+    Shell(ShellArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completion(CompletionArgs),
     /// Internal: the per-machine supervisor process.
     #[command(name = "__supervise", hide = true)]
     Supervise(NameArg),
@@ -331,7 +335,36 @@ pub struct ExecArgs {
     /// Forward standard input to the command.
     #[arg(short, long)]
     pub interactive: bool,
+    /// Run the command on a pseudo-terminal (raw mode, window size,
+    /// signals); stdin must be a terminal. Usually with -i: `-it`.
+    #[arg(short, long)]
+    pub tty: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// `mvm shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Machine to open the shell in (omit for a fresh transient machine).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Image of the transient machine.
+    #[arg(long, conflicts_with_all = ["name", "template"])]
+    pub image: Option<String>,
+    /// Template of the transient machine.
+    #[arg(long, conflicts_with = "name")]
+    pub template: Option<String>,
+    /// Environment variable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+}
+
+/// `mvm completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to print the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }

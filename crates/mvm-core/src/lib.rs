@@ -16,8 +16,8 @@
 pub mod atomic;
 pub mod backend;
 pub mod config;
-pub mod env;
 pub mod egress;
+pub mod env;
 pub mod instance;
 pub mod name;
 pub mod paths;

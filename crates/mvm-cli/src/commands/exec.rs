@@ -17,6 +17,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     if !a.command.is_empty() && a.launch_plan.is_some() {
         bail!("give either a command after -- or --launch-plan, not both");
     }
+    if a.tty {
+        mvm_runtime::ops::exec::check_tty()?;
+    }
     let rt = runtime()?;
     let mut opts = ExecOptions {
         argv: a.command.clone(),
@@ -24,6 +27,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         cwd: a.workdir.clone(),
         timeout: a.timeout.map(Duration::from_secs),
         stdin: a.interactive,
+        tty: a.tty,
     };
     if let Some(plan) = &a.launch_plan {
         // argv, working directory, and the environment with precedence

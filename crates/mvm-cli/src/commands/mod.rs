@@ -1,6 +1,7 @@
 //! One module per subcommand: parse what clap gave, call one operation of
 //! `mvm-runtime`, print the result.
 
+mod completion;
 mod cp;
 mod doctor;
 mod exec;
@@ -13,6 +14,7 @@ mod ps;
 mod rm;
 mod run;
 mod setup;
+mod shell;
 mod start;
 mod stop;
 mod supervise;
@@ -28,7 +30,7 @@ use crate::cli::{Cli, Command};
 /// 125 so it cannot be confused with the guest command's own status).
 pub fn failure_code(cmd: &Command) -> u8 {
     match cmd {
-        Command::Exec(_) => mvm_runtime::ops::exec::EXIT_MVM_FAILED as u8,
+        Command::Exec(_) | Command::Shell(_) => mvm_runtime::ops::exec::EXIT_MVM_FAILED as u8,
         _ => 1,
     }
 }
@@ -92,6 +94,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc => gc::run().await,
         Command::Volume(c) => volume::run(c),
         Command::Cp(a) => cp::run(a).await,
+        Command::Shell(a) => shell::run(a, quiet).await,
+        Command::Completion(a) => completion::run(a),
         Command::Supervise(a) => supervise::run(a).await,
     }
 }

@@ -44,6 +44,43 @@ pub struct ExecOptions {
     pub timeout: Option<Duration>,
     /// Forward our stdin.
     pub stdin: bool,
+    /// Run on a pseudo-terminal in the guest, connected to ours (raw mode,
+    /// window size, signals through the line discipline): stdin must be a
+    /// terminal ([`check_tty`]). Output is the terminal's single stream.
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    /// `mvm shell`: a login shell (`bash -l`, else `sh -l`) on a terminal,
+    /// with `TERM` from the host, `HOME`, and the hostname in the prompt;
+    /// `env` goes last.
+    pub fn login_shell(env: Vec<(String, String)>) -> Self {
+        let req = mvm_term::shell::login_shell_request(&mvm_term::shell::ShellOptions {
+            env,
+            ..Default::default()
+        });
+        Self {
+            argv: req.argv,
+            env: req.env,
+            cwd: req.cwd,
+            timeout: None,
+            stdin: req.stdin,
+            tty: true,
+        }
+    }
+}
+
+/// `-t` needs a terminal on stdin (Docker's rule and message, exit 125):
+/// checked before anything is started.
+pub fn check_tty() -> Result<(), RuntimeError> {
+    if mvm_term::stdin_is_tty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "{}: drop -t (and keep -i to forward piped input), or run from a terminal",
+            mvm_term::TermError::NotATty
+        )))
+    }
 }
 
 /// How a command ended.
@@ -157,7 +194,11 @@ async fn run_on(
         cwd: opts.cwd.clone(),
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
+        tty: None,
     };
+    if opts.tty {
+        return run_tty(client, name, req).await;
+    }
     let mut session = client.exec(req).await.map_err(|e| agent_err(name, e))?;
     let stdin = session.stdin();
 
@@ -249,6 +290,30 @@ async fn run_on(
         t.abort();
     }
     Ok(outcome)
+}
+
+/// A terminal session (`-t`): the terminal is restored on every way out.
+async fn run_tty(
+    client: &AgentClient,
+    name: &str,
+    req: mvm_agent_proto::ExecRequest,
+) -> Result<ExecOutcome, RuntimeError> {
+    let term = mvm_term::Terminal::stdio().map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    match mvm_term::run_tty(client, req, term).await {
+        Ok(o) => Ok(ExecOutcome::Exited(o.exit_code())),
+        Err(mvm_term::TermError::Session(ClientError::Agent { kind, message })) => {
+            eprintln!("mvm: {message}");
+            Ok(ExecOutcome::NotStarted(match kind {
+                ErrorKind::NotFound => EXIT_NOT_FOUND,
+                ErrorKind::PermissionDenied => EXIT_CANNOT_EXECUTE,
+                _ => EXIT_MVM_FAILED,
+            }))
+        }
+        Err(mvm_term::TermError::Session(e)) => Err(agent_err(name, e)),
+        Err(e) => Err(RuntimeError::Invalid(format!(
+            "terminal session in machine {name:?}: {e}"
+        ))),
+    }
 }
 
 /// Where the time of a transient exec went.
