@@ -17,6 +17,7 @@
 //! subnet = "172.16.0.0/24"
 //! bridge = "mvmbr0"
 //! mode = "nat"                  # default for new machines: nat | none
+//! egress = "allow-all"          # default egress policy: allow-all | deny-all | allow=SPEC,...
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,9 @@ pub struct NetworkConfig {
     pub bridge: String,
     /// Default mode of new machines (`nat` or `none`).
     pub mode: crate::instance::NetworkMode,
+    /// Default egress policy of new machines (`allow-all`, `deny-all`,
+    /// `allow=SPEC,...`; several separated by spaces).
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Default for NetworkConfig {
@@ -79,6 +83,7 @@ impl Default for NetworkConfig {
             subnet: "172.16.0.0/24".into(),
             bridge: "mvmbr0".into(),
             mode: crate::instance::NetworkMode::Nat,
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }
@@ -219,6 +224,11 @@ impl Config {
                 "none" => crate::instance::NetworkMode::None,
                 _ => return Err(bad(MVM_NETWORK, &v, "expected nat or none".into())),
             };
+        }
+        if let Some(v) = get(MVM_EGRESS) {
+            let flags: Vec<&str> = v.split_whitespace().collect();
+            self.network.egress = crate::egress::EgressPolicy::from_flags(&flags)
+                .map_err(|e| bad(MVM_EGRESS, &v, e.to_string()))?;
         }
         if let Some(v) = get(MVM_BOOT_TIMEOUT) {
             let secs: u64 = num(MVM_BOOT_TIMEOUT, &v)?;

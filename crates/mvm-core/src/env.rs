@@ -27,6 +27,8 @@ pub const MVM_SUBNET: &str = "MVM_SUBNET";
 pub const MVM_BRIDGE: &str = "MVM_BRIDGE";
 /// Setting: default network mode (`nat` or `none`).
 pub const MVM_NETWORK: &str = "MVM_NETWORK";
+/// Setting: default egress policy of new machines.
+pub const MVM_EGRESS: &str = "MVM_EGRESS";
 /// Setting: seconds a guest may take from launch to the agent's answer.
 pub const MVM_BOOT_TIMEOUT: &str = "MVM_BOOT_TIMEOUT";
 /// Setting: the QEMU binary (read by the QEMU backend's discovery).
@@ -68,6 +70,7 @@ pub const ALL: &[&str] = &[
     MVM_SUBNET,
     MVM_BRIDGE,
     MVM_NETWORK,
+    MVM_EGRESS,
     MVM_BOOT_TIMEOUT,
     MVM_QEMU_BIN,
     MVM_QEMU_ACCEL,

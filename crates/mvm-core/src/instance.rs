@@ -319,6 +319,10 @@ pub struct InstanceRecord {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// What the machine may reach (`--egress`); records written before
+    /// policies existed read as `allow-all`.
+    #[serde(default)]
+    pub egress: crate::egress::EgressPolicy,
     /// Drives attached at boot.
     #[serde(default)]
     pub drives: Vec<DriveRecord>,
@@ -369,6 +373,7 @@ impl InstanceRecord {
             network: NetworkMode::Nat,
             net: None,
             ports: Vec::new(),
+            egress: crate::egress::EgressPolicy::default(),
             drives: Vec::new(),
             vsock_cid: None,
             env: Vec::new(),

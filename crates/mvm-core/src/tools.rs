@@ -102,6 +102,14 @@ pub const IPTABLES_SAVE: HostTool = HostTool {
     root_only: true,
 };
 
+/// `nft`: per-machine egress policies.
+pub const NFT: HostTool = HostTool {
+    program: "nft",
+    package: "nftables",
+    purpose: "enforces machines' egress policies",
+    root_only: true,
+};
+
 /// Every external program mvm runs on the host.
 pub const HOST_TOOLS: &[HostTool] = &[
     QEMU,
@@ -114,6 +122,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     BUSYBOX,
     IPTABLES,
     IPTABLES_SAVE,
+    NFT,
 ];
 
 /// The tools this host needs: all of them as root, the non-networking ones
