@@ -6,6 +6,7 @@ mod cli_basics;
 mod common;
 mod e2e_data;
 mod e2e_firecracker;
+mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;
 mod e2e_transient;
