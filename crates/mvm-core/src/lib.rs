@@ -8,6 +8,7 @@
 //! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
 //! - [`backend`]: the one trait every hypervisor backend implements.
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
+//! - [`snapshot`]: the files of a VM snapshot, their metadata and checks.
 #![warn(missing_docs)]
 
 pub mod atomic;
@@ -18,6 +19,7 @@ pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
+pub mod snapshot;
 pub mod testing;
 
 pub use backend::{BackendKind, VmBackend};
