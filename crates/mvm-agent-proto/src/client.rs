@@ -87,6 +87,18 @@ pub enum ClientError {
         /// The kind byte received.
         kind: u8,
     },
+    /// The agent speaks a protocol version without this feature.
+    #[error(
+        "the guest agent speaks protocol version {negotiated}, but {feature} needs version {needed} (rebuild the image to update its agent)"
+    )]
+    Unsupported {
+        /// The feature.
+        feature: &'static str,
+        /// The version negotiated with this agent.
+        negotiated: u32,
+        /// The version the feature needs.
+        needed: u32,
+    },
     /// Reading the local source or writing the local destination failed.
     #[error("local I/O failed during {what}")]
     LocalIo {
@@ -304,6 +316,31 @@ impl AgentClient {
             Response::Done => Ok(()),
             _ => Err(ClientError::Unexpected {
                 what: "shutdown",
+                kind: 3,
+            }),
+        }
+    }
+
+    /// (v2) Make a restored clone a distinct machine (see
+    /// [`crate::identity`]). Fails with [`ClientError::Unsupported`] if the
+    /// agent speaks only version 1.
+    pub async fn reidentify(
+        &self,
+        req: crate::identity::ReidentifyRequest,
+    ) -> Result<crate::identity::ReidentifyReport, ClientError> {
+        let needed = crate::identity::REIDENTIFY_MIN_VERSION;
+        let negotiated = self.inner.negotiated.version;
+        if negotiated < needed {
+            return Err(ClientError::Unsupported {
+                feature: "reidentifying a restored clone",
+                negotiated,
+                needed,
+            });
+        }
+        match self.call(Request::Reidentify(req), "reidentify").await? {
+            Response::Reidentified(r) => Ok(r),
+            _ => Err(ClientError::Unexpected {
+                what: "reidentify",
                 kind: 3,
             }),
         }

@@ -69,6 +69,9 @@ pub enum Request {
         /// Absolute guest path.
         path: String,
     },
+    /// (v2) Make a restored clone a distinct machine; answered by
+    /// [`Response::Reidentified`]. See [`crate::identity`].
+    Reidentify(crate::identity::ReidentifyRequest),
 }
 
 impl Request {
@@ -117,6 +120,8 @@ pub enum Response {
     Done,
     /// Start of a `ReadFile` answer.
     FileMeta(FileMeta),
+    /// (v2) Answer to `Reidentify`.
+    Reidentified(crate::identity::ReidentifyReport),
 }
 
 /// How a command ended.

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use mvm_agent_proto::flow::Credit;
 use mvm_agent_proto::handshake::{self, HandshakeError};
 use mvm_agent_proto::io::{FrameReader, FrameSender, StreamError, spawn_writer};
-use mvm_agent_proto::{AgentInfo, ErrorKind, ErrorMsg, Frame, Message, Request, Response, Role};
+use mvm_agent_proto::{
+    AgentInfo, ErrorKind, ErrorMsg, Frame, Hello, Message, Request, Response, Role,
+};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -123,6 +125,10 @@ where
     let table: Table = Arc::default();
     let result = loop {
         match reader.read_frame().await {
+            Ok(Some(Frame {
+                session: 0,
+                message: Message::Hello(peer),
+            })) => rehandshake(&table, &out, &ours, peer).await,
             Ok(Some(f)) => dispatch(&ctx, &table, &out, f).await,
             Ok(None) => break Ok(()),
             Err(e) => {
@@ -154,6 +160,33 @@ where
         writer.abort();
     }
     result
+}
+
+/// A `Hello` after the handshake: the host end was replaced without the
+/// guest seeing a disconnect (a VM restored from a snapshot resumes inside
+/// the template's connection). Forget the old host's sessions, answer with
+/// our `Hello`, and serve the new host on the same stream.
+async fn rehandshake(table: &Table, out: &FrameSender, ours: &Hello, peer: Hello) {
+    let sessions: Vec<Ctl> = lock(table).drain().map(|(_, c)| c).collect();
+    let n = sessions.len();
+    for c in sessions {
+        c.cancel();
+    }
+    match handshake::negotiate(ours, &peer) {
+        Ok(v) => {
+            crate::log!(
+                "new host {:?} on the same stream (protocol {v}); {n} old sessions cancelled",
+                peer.software
+            );
+            out.send(Frame::new(0, Message::Hello(ours.clone())));
+        }
+        Err(e) => {
+            crate::log!("new host refused: {}", e.message);
+            out.send(Frame::new(0, Message::Hello(ours.clone())));
+            out.send(Frame::new(0, Message::Error(e)));
+        }
+    }
+    out.flush().await;
 }
 
 async fn dispatch(ctx: &Ctx, table: &Table, out: &FrameSender, f: Frame) {
@@ -244,6 +277,25 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
             out.flush().await;
             crate::log!("shutdown requested by the host");
             crate::shutdown::power_off(ctx.pid1).await;
+        }
+        Request::Reidentify(req) => {
+            let pid1 = ctx.pid1;
+            let r = tokio::task::spawn_blocking(move || {
+                crate::identity::Target::current(pid1)
+                    .and_then(|t| crate::identity::reidentify(&req, &t))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("reidentify task failed: {e}")));
+            match r {
+                Ok(report) => reply(Message::Response(Response::Reidentified(report))),
+                Err(e) => {
+                    crate::log!("reidentify failed: {e}");
+                    reply(Message::Error(ErrorMsg::new(
+                        ErrorKind::Other,
+                        format!("reidentify: {e}"),
+                    )))
+                }
+            }
         }
         Request::Exec(req) => {
             let sp = match exec::spawn(&ctx.reaper, &req) {

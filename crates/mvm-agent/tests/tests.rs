@@ -4,5 +4,6 @@
 mod common;
 mod exec;
 mod files;
+mod identity;
 mod mux;
 mod protocol;
