@@ -32,10 +32,6 @@ use mvm_agent_proto::identity::{MAX_ENTROPY_BYTES, ReidentifyReport, ReidentifyR
 /// The environment variable naming the stand-in for `/etc` outside a guest.
 pub const ETC_ENV: &str = "MVM_AGENT_ETC";
 
-/// How long eth0 may take to show up (it exists already in a restored
-/// guest; this only bounds a broken one).
-const LINK_TIMEOUT: Duration = Duration::from_secs(5);
-
 nix::ioctl_write_ptr!(
     /// `RNDADDENTROPY`: add bytes to the input pool and credit them.
     rnd_add_entropy,
@@ -116,6 +112,12 @@ pub fn reidentify(req: &ReidentifyRequest, target: &Target) -> Result<Reidentify
     let t0 = Instant::now();
     req.validate()?;
     let mut report = ReidentifyReport::default();
+    let mut steps: Vec<(&str, Duration)> = Vec::new();
+    let mut mark = Instant::now();
+    let mut step = |name: &'static str| {
+        steps.push((name, mark.elapsed()));
+        mark = Instant::now();
+    };
 
     // 1. Clock.
     let step_ns = i128::from(req.unix_time_ns) - now_ns();
@@ -129,11 +131,13 @@ pub fn reidentify(req: &ReidentifyRequest, target: &Target) -> Result<Reidentify
             .map_err(|e| format!("setting the clock: {e}"))?;
         report.clock_set = true;
     }
+    step("clock");
 
     // 2. Entropy, then an immediate CRNG reseed.
     report.entropy_bits = add_entropy(&req.entropy)?;
     reseed_crng()?;
     report.crng_reseeded = true;
+    step("entropy");
 
     // 3. Hostname.
     nix::unistd::sethostname(&req.hostname)
@@ -143,6 +147,7 @@ pub fn reidentify(req: &ReidentifyRequest, target: &Target) -> Result<Reidentify
         format!("{}\n", req.hostname).as_bytes(),
     )?;
     report.hostname = req.hostname.clone();
+    step("hostname");
 
     // 4. machine-id, where the image has one.
     if let Some(id) = &req.machine_id {
@@ -152,6 +157,8 @@ pub fn reidentify(req: &ReidentifyRequest, target: &Target) -> Result<Reidentify
             report.machine_id = Some(id.clone());
         }
     }
+
+    step("machine-id");
 
     // 5. Network (also rewrites hosts with the new name and address);
     //    without one, hosts still gets the new name.
@@ -164,33 +171,34 @@ pub fn reidentify(req: &ReidentifyRequest, target: &Target) -> Result<Reidentify
             gateway: n.gateway,
             dns: n.dns.clone(),
         };
-        mvm_net::guest::readdress_in(
-            &n.iface,
-            mac,
-            &guest,
-            Some(&req.hostname),
-            &target.etc,
-            LINK_TIMEOUT,
-        )
-        .map_err(|e| format!("network: {}", mvm_agent_proto::error_chain(&e)))?;
+        mvm_net::guest::readdress_in(&n.iface, mac, &guest, Some(&req.hostname), &target.etc)
+            .map_err(|e| format!("network: {}", mvm_agent_proto::error_chain(&e)))?;
         report.net = Some(format!("{}/{} {}", n.ip, n.prefix, n.mac));
     } else {
         rewrite_hosts(&target.etc.join("hosts"), &req.hostname)?;
     }
+
+    step("network");
 
     // 6. Remounts.
     for m in &req.remount {
         remount(Path::new(m))?;
         report.remounted.push(m.clone());
     }
+    step("remount");
 
     report.elapsed_us = t0.elapsed().as_micros() as u64;
+    let took: Vec<String> = steps
+        .iter()
+        .map(|(n, d)| format!("{n} {} µs", d.as_micros()))
+        .collect();
     crate::log!(
-        "reidentified as {} (clock step {} ms, {} entropy bits, net {})",
+        "reidentified as {} (clock step {} ms, {} entropy bits, net {}; {})",
         report.hostname,
         report.clock_step_ms,
         report.entropy_bits,
-        report.net.as_deref().unwrap_or("none")
+        report.net.as_deref().unwrap_or("none"),
+        took.join(", ")
     );
     Ok(report)
 }

@@ -284,17 +284,19 @@ pub trait VmBackend: Send + Sync {
         }
     }
 
-    /// Snapshot the running VM of `dir` into `dest` (an empty directory):
-    /// pause the vCPUs, save device state and memory, make the files
-    /// durable, write the metadata last. The VM is left **paused**; resume
-    /// it (if [`SnapshotInfo::may_resume`]) or stop its VMM.
+    /// Snapshot the running VM of `dir`, launched from `spec`, into `dest`
+    /// (an existing empty directory): pause the vCPUs, save device state
+    /// and memory, make the files durable, write the metadata last. The VM
+    /// is left **paused**; resume it (if [`SnapshotInfo::may_resume`]) or
+    /// stop its VMM.
     fn snapshot(
         &self,
+        spec: &VmSpec,
         dir: &InstanceDir,
         dest: &SnapshotDir,
         deadline: Instant,
     ) -> impl Future<Output = Result<SnapshotInfo, BackendError>> + Send {
-        let _ = (dir, dest, deadline);
+        let _ = (spec, dir, dest, deadline);
         async move { Err(unsupported(self.kind(), "snapshotting")) }
     }
 

@@ -407,10 +407,98 @@ pub fn allocated_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Copy `src` to `dst` (new file), keeping holes: only the data extents
+/// are copied (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`).
+pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
+    use rustix::fs::{SeekFrom, copy_file_range, seek};
+    let from = fs_err::File::open(src)?;
+    let to = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    let len = from.metadata()?.len();
+    to.set_len(len)?;
+    let mut pos: u64 = 0;
+    let mut copied = 0u64;
+    while pos < len {
+        let data = match seek(&from, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(&from, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            let want = (hole - off_in).min(1 << 30) as usize;
+            let n = match copy_file_range(&from, Some(&mut off_in), &to, Some(&mut off_out), want) {
+                Ok(n) => n,
+                // Across filesystems (or where unsupported): copy by hand.
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::INVAL,
+                ) => {
+                    let n = copy_range(from.file(), to.file(), off_in, want)?;
+                    off_in += n as u64;
+                    off_out += n as u64;
+                    n
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while being copied", src.display()),
+                ));
+            }
+            copied += n as u64;
+        }
+        pos = hole;
+    }
+    Ok(copied)
+}
+
+/// Copy up to `len` bytes at `off` from `from` to the same offset of `to`
+/// with `pread`/`pwrite`; returns the bytes copied (0 at end of file).
+fn copy_range(
+    from: &std::fs::File,
+    to: &std::fs::File,
+    off: u64,
+    len: usize,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let n = from.read_at(&mut buf, off)?;
+    to.write_all_at(&buf[..n], off)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::{DriveSpec, KernelPaths, NetSpec};
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_data() {
+        use std::io::{Seek, SeekFrom, Write};
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let mut f = fs_err::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(8 << 20)).unwrap();
+        f.write_all(&[0xab; 4096]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
+        f.write_all(&[0xcd; 4096]).unwrap();
+        drop(f);
+        let dst = t.path().join("dst");
+        let n = copy_sparse(&src, &dst).unwrap();
+        assert!(n >= 8192, "{n}");
+        assert_eq!(fs_err::read(&src).unwrap(), fs_err::read(&dst).unwrap());
+        assert!(allocated_bytes(&dst) < 4 << 20, "{}", allocated_bytes(&dst));
+        // The destination must not exist yet.
+        assert!(copy_sparse(&src, &dst).is_err());
+    }
 
     fn spec() -> VmSpec {
         VmSpec {

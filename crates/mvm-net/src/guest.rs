@@ -65,32 +65,47 @@ pub fn configure_in(
 /// Give `iface` a new identity (a restored clone, see
 /// `mvm_agent_proto::identity`): the MAC `mac`, `net`'s address instead of
 /// every IPv4 address it had, the default route via `net`'s gateway, and
-/// `resolv.conf`/`hosts` under `etc`. Idempotent.
+/// `resolv.conf`/`hosts` under `etc`. Idempotent. The interface must exist
+/// already (it does in a restored guest): every step is one netlink request
+/// on one socket, because each costs a lot in an emulated guest kernel.
 pub fn readdress_in(
     iface: &str,
     mac: [u8; 6],
     net: &GuestNet,
     hostname: Option<&str>,
     etc: &Path,
-    link_timeout: Duration,
 ) -> Result<(), GuestError> {
-    let nl_err = |source| GuestError::Netlink {
+    readdress_links(iface, mac, net).map_err(|source| GuestError::Netlink {
         iface: iface.to_owned(),
         source,
-    };
-    let mut nl = Netlink::open().map_err(nl_err)?;
-    let link = nl.wait_for_link(iface, link_timeout).map_err(nl_err)?;
+    })?;
+    write_file(&etc.join("resolv.conf"), &resolv_conf(&net.dns))?;
+    write_file(&etc.join("hosts"), &hosts(net.ip, hostname))?;
+    Ok(())
+}
+
+fn readdress_links(iface: &str, mac: [u8; 6], net: &GuestNet) -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let link = nl.require_link(iface)?;
     if link.mac != Some(mac) {
-        nl.set_mac(link.index, mac, iface).map_err(nl_err)?;
+        nl.set_mac(link.index, mac, iface)?;
     }
-    for (ip, prefix) in nl.addresses(link.index).map_err(nl_err)? {
-        if (ip, prefix) != (net.ip, net.prefix) {
-            nl.del_address(link.index, ip, prefix, iface)
-                .map_err(nl_err)?;
+    let mut have = false;
+    for (ip, prefix) in nl.addresses(link.index)? {
+        if (ip, prefix) == (net.ip, net.prefix) {
+            have = true;
+        } else {
+            nl.del_address(link.index, ip, prefix, iface)?;
         }
     }
-    drop(nl);
-    configure_in(iface, net, hostname, etc, link_timeout)
+    if !have {
+        nl.add_address(link.index, net.ip, net.prefix, iface)?;
+    }
+    if !link.up {
+        nl.set_up(link.index, true, iface)?;
+    }
+    nl.replace_default_route(net.gateway, link.index)?;
+    Ok(())
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff`.

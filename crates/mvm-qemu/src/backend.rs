@@ -375,12 +375,14 @@ impl QemuBackend {
         let args = self.args(spec, dir);
         self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
             .await
+            .map(|(vmm, _qmp)| vmm)
     }
 
     /// Spawn QEMU with `args`, connect the agent chardev and QMP, and check
     /// the run state is `expect` (`Running` for a boot, `Inmigrate` for a
     /// restore waiting for its state). The launch sequence of the module
-    /// docs; shared by boot, template boot and restore.
+    /// docs; shared by boot, template boot and restore. Returns the QMP
+    /// session too (a restore goes on with it).
     pub(crate) async fn launch_args(
         &self,
         args: &QemuArgs,
@@ -388,7 +390,7 @@ impl QemuBackend {
         dir: &InstanceDir,
         deadline: Instant,
         expect: RunState,
-    ) -> Result<RunningVmm, BackendError> {
+    ) -> Result<(RunningVmm, Qmp), BackendError> {
         clear_stale_socket(&dir.qmp_socket())?;
         clear_stale_socket(&dir.guest_socket())?;
         let log = fs_err::File::create(dir.vmm_log())
@@ -425,17 +427,20 @@ impl QemuBackend {
                     status.status
                 )));
             }
-            Ok::<_, BackendError>(guest)
+            Ok::<_, BackendError>((guest, qmp))
         };
 
         let failure = tokio::select! {
             r = ready => match r {
-                Ok(guest) => {
+                Ok((guest, qmp)) => {
                     tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
-                    return Ok(RunningVmm {
-                        child: guard.disarm(),
-                        guest: Some(guest),
-                    });
+                    return Ok((
+                        RunningVmm {
+                            child: guard.disarm(),
+                            guest: Some(guest),
+                        },
+                        qmp,
+                    ));
                 }
                 Err(e) => e,
             },

@@ -533,10 +533,13 @@ impl Qmp {
 }
 
 /// Connect to a Unix socket, retrying while it does not exist yet
-/// (`ENOENT`) or nobody listens (`ECONNREFUSED`), with a backoff from 2 ms
-/// doubling to 50 ms, until `deadline` (then `TimedOut`, or the last error).
+/// (`ENOENT`) or nobody listens (`ECONNREFUSED`), with a backoff from 1 ms
+/// doubling to 5 ms, until `deadline` (then `TimedOut`, or the last error).
+/// The cap is low on purpose: QEMU listens ~30 ms after spawn, and a
+/// restore takes about as long again, so a coarse backoff would add tens
+/// of ms to every restore; a failed `connect` costs microseconds.
 pub async fn connect_unix_retry(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
-    let mut delay = Duration::from_millis(2);
+    let mut delay = Duration::from_millis(1);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(remaining, UnixStream::connect(path)).await;
@@ -555,7 +558,7 @@ pub async fn connect_unix_retry(path: &Path, deadline: Instant) -> io::Result<Un
                     ));
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(50));
+                delay = (delay * 2).min(Duration::from_millis(5));
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => {

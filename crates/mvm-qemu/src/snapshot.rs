@@ -60,7 +60,7 @@ use mvm_core::InstanceDir;
 use mvm_core::backend::{BackendError, BackendKind, RestoredVmm, RunningVmm, VmSpec};
 use mvm_core::snapshot::{
     MemoryBacking, MemoryMode, RestoreInfo, SNAPSHOT_FORMAT, SnapshotDir, SnapshotDrive,
-    SnapshotError, SnapshotInfo, SnapshotMeta, allocated_bytes, now_rfc3339,
+    SnapshotError, SnapshotInfo, SnapshotMeta, allocated_bytes, copy_sparse, now_rfc3339,
 };
 use serde::{Deserialize, Serialize};
 
@@ -235,41 +235,6 @@ fn fsync(path: &Path) -> Result<(), BackendError> {
         .map_err(|e| err("cannot make a snapshot file durable").with_source(e))
 }
 
-/// Copy `src` to `dst` (new file), keeping holes: only the data extents
-/// are copied (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`).
-pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<u64> {
-    use rustix::fs::{SeekFrom, copy_file_range, seek};
-    let from = fs_err::File::open(src)?;
-    let to = fs_err::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)?;
-    let len = from.metadata()?.len();
-    to.set_len(len)?;
-    let mut pos: u64 = 0;
-    let mut copied = 0u64;
-    while pos < len {
-        let data = match seek(&from, SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
-            Err(e) => return Err(e.into()),
-        };
-        let hole = seek(&from, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = (hole - off_in).min(1 << 30) as usize;
-            let n = copy_file_range(&from, Some(&mut off_in), &to, Some(&mut off_out), want)
-                .map_err(std::io::Error::from)?;
-            if n == 0 {
-                break;
-            }
-            copied += n as u64;
-        }
-        pos = hole;
-    }
-    Ok(copied)
-}
-
 impl QemuBackend {
     /// The QEMU version string snapshots are tagged with.
     pub fn vmm_version(&self) -> Result<String, BackendError> {
@@ -296,6 +261,7 @@ impl QemuBackend {
         }
         self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
             .await
+            .map(|(vmm, _qmp)| vmm)
     }
 
     /// The shared memory file of the running VM, if its RAM is one.
@@ -500,7 +466,7 @@ impl QemuBackend {
                 share: false,
             });
         }
-        let vmm = self
+        let (vmm, qmp) = self
             .launch_args(&args, spec.transient, dir, deadline, RunState::Inmigrate)
             .await?;
         let spawn_ms = ms(t0.elapsed());
@@ -508,7 +474,7 @@ impl QemuBackend {
 
         let t_load = Instant::now();
         let load = async {
-            let mut qmp = Qmp::connect(&dir.qmp_socket(), deadline).await?;
+            let mut qmp = qmp;
             qmp.execute(
                 &MigrateSetCapabilities {
                     capabilities: vec![
@@ -662,26 +628,5 @@ mod tests {
         assert!(!is_migration_end(&e));
         let e: Event = serde_json::from_str(r#"{"event": "STOP"}"#).unwrap();
         assert!(!is_migration_end(&e));
-    }
-
-    #[test]
-    fn sparse_copy_keeps_holes_and_data() {
-        use std::io::{Seek, SeekFrom, Write};
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        let mut f = fs_err::File::create(&src).unwrap();
-        f.set_len(64 << 20).unwrap();
-        f.seek(SeekFrom::Start(8 << 20)).unwrap();
-        f.write_all(&[0xab; 4096]).unwrap();
-        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
-        f.write_all(&[0xcd; 4096]).unwrap();
-        drop(f);
-        let dst = t.path().join("dst");
-        let n = copy_sparse(&src, &dst).unwrap();
-        assert!(n >= 8192, "{n}");
-        assert_eq!(fs_err::read(&src).unwrap(), fs_err::read(&dst).unwrap());
-        assert!(allocated_bytes(&dst) < 4 << 20, "{}", allocated_bytes(&dst));
-        // The destination must not exist yet.
-        assert!(copy_sparse(&src, &dst).is_err());
     }
 }
