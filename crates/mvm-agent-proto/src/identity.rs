@@ -193,6 +193,28 @@ mod tests {
     }
 
     #[test]
+    fn unknown_requests_decode_as_unknown() {
+        use crate::frame::Message;
+        let m = Message::decode(
+            2,
+            bytes::Bytes::from_static(br#"{"Teleport": {"to": "mars"}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            Message::Request(crate::Request::Unknown("Teleport".into()))
+        );
+        let m = Message::decode(2, bytes::Bytes::from_static(br#""Dance""#)).unwrap();
+        assert_eq!(m, Message::Request(crate::Request::Unknown("Dance".into())));
+        // Not JSON at all is still a protocol error.
+        assert!(Message::decode(2, bytes::Bytes::from_static(b"{nope")).is_err());
+        // A known request with a body this side cannot parse (a newer
+        // peer's fields) is answered the same way, by name.
+        let m = Message::decode(2, bytes::Bytes::from_static(br#"{"Exec": 5}"#)).unwrap();
+        assert_eq!(m, Message::Request(crate::Request::Unknown("Exec".into())));
+    }
+
+    #[test]
     fn wire_shape_is_stable() {
         let v = serde_json::to_value(crate::Request::Reidentify(req())).unwrap();
         assert_eq!(v["Reidentify"]["hostname"], "clone-1");

@@ -278,6 +278,15 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
             crate::log!("shutdown requested by the host");
             crate::shutdown::power_off(ctx.pid1).await;
         }
+        Request::Unknown(name) => reply(Message::Error(ErrorMsg::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "unknown request {name:?} (or one this agent cannot parse): mvm-agent {} speaks protocol versions {}..={} (rebuild the image to update its agent)",
+                env!("CARGO_PKG_VERSION"),
+                mvm_agent_proto::MIN_PROTOCOL_VERSION,
+                mvm_agent_proto::PROTOCOL_VERSION
+            ),
+        ))),
         Request::Reidentify(req) => {
             let pid1 = ctx.pid1;
             let r = tokio::task::spawn_blocking(move || {

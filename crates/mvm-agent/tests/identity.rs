@@ -55,6 +55,62 @@ async fn a_second_hello_starts_a_new_connection_on_the_same_stream() {
 }
 
 #[tokio::test]
+async fn an_unknown_request_gets_an_error_and_the_link_survives() {
+    let agent = Agent::start();
+    let s = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = FrameReader::new(r);
+    handshake::initiate(
+        &mut r,
+        &mut w,
+        &handshake::hello(Role::Host, "future"),
+        deadline(5),
+    )
+    .await
+    .unwrap();
+    // A request from a newer host, written by hand (this crate cannot
+    // encode a request it does not know).
+    let body = br#"{"Teleport":{"to":"mars"}}"#;
+    let mut raw = ((body.len() + 5) as u32).to_le_bytes().to_vec();
+    raw.extend_from_slice(&3u32.to_le_bytes());
+    raw.push(2);
+    raw.extend_from_slice(body);
+    tokio::io::AsyncWriteExt::write_all(&mut w, &raw)
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(5), r.read_frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match f {
+        Frame {
+            session: 3,
+            message: Message::Error(e),
+        } => {
+            assert_eq!(e.kind, mvm_agent_proto::ErrorKind::InvalidRequest);
+            assert!(
+                e.message.contains("unknown request \"Teleport\""),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    write_frame(&mut w, &Frame::new(4, Message::Request(Request::Ping)))
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(5), r.read_frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f, Frame::new(4, Message::Response(Response::Pong)));
+}
+
+#[tokio::test]
 async fn reidentify_outside_a_sandbox_is_refused_and_the_session_survives() {
     let agent = Agent::start();
     let c = agent.client().await;
