@@ -167,6 +167,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         let json_err = |source| ProtoError::BadPayload { kind, source };
         match &frame.message {
             Message::Hello(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
+            // An unknown request travels on (the multiplexer forwards it) as
+            // its bare name, which decodes as unknown again.
+            Message::Request(Request::Unknown(name)) => {
+                serde_json::to_writer(&mut *out, name).map_err(json_err)?
+            }
             Message::Request(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
             Message::Response(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
             Message::Exit(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,

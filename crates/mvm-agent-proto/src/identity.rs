@@ -206,6 +206,9 @@ mod tests {
         );
         let m = Message::decode(2, bytes::Bytes::from_static(br#""Dance""#)).unwrap();
         assert_eq!(m, Message::Request(crate::Request::Unknown("Dance".into())));
+        let mut out = Vec::new();
+        crate::encode(&crate::Frame::new(1, m.clone()), &mut out).unwrap();
+        assert_eq!(&out[9..], br#""Dance""#);
         // Not JSON at all is still a protocol error.
         assert!(Message::decode(2, bytes::Bytes::from_static(b"{nope")).is_err());
         // A known request with a body this side cannot parse (a newer

@@ -72,10 +72,11 @@ pub enum Request {
     /// (v2) Make a restored clone a distinct machine; answered by
     /// [`Response::Reidentified`]. See [`crate::identity`].
     Reidentify(crate::identity::ReidentifyRequest),
-    /// Never sent: what the decoder makes of a well-formed request it does
-    /// not know (a newer peer's), so that the agent can answer
+    /// What the decoder makes of a well-formed request it does not know (a
+    /// newer peer's), so that the agent can answer
     /// `Error(InvalidRequest, "unknown request ...")` on that session
-    /// instead of dropping the connection. Holds the request's name.
+    /// instead of dropping the connection. Holds the request's name; it is
+    /// encoded as that bare name (so a multiplexer can forward it).
     #[serde(skip)]
     Unknown(String),
 }
