@@ -343,6 +343,17 @@ pub struct Removed {
     pub pruned: Vec<String>,
 }
 
+/// What a clone needs before its VMM starts ([`Store::prepare_clone`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The template (its id goes into the machine's record).
+    pub template: Template,
+    /// The snapshot to restore.
+    pub snapshot: SnapshotDir,
+    /// The clone's own disk and how it was made, if the template has one.
+    pub disk: Option<(PathBuf, CloneMethod)>,
+}
+
 /// An exclusive `flock` on the store; released on drop.
 struct StoreLock {
     _file: fs_err::File,
@@ -529,6 +540,40 @@ impl Store {
         mvm_core::atomic::write_atomic(&path, now_rfc3339().as_bytes(), 0o600)
             .map_err(|e| io_err(&template.name, &path, e.source))?;
         Ok(())
+    }
+
+    /// Everything before a clone's VMM starts, in order: find template
+    /// `name`, check it fits `wanted`, check its files (fingerprints; a hash
+    /// where they changed), record `machine`'s reference, and make the
+    /// clone's disk at `disk` (if the template has one). On error nothing
+    /// is left (no reference, no disk) and the error names the problem —
+    /// the caller's cue to cold-boot instead.
+    pub fn prepare_clone(
+        &self,
+        name: &str,
+        machine: &str,
+        wanted: &Wanted<'_>,
+        disk: Option<&Path>,
+    ) -> Result<Prepared, TemplateError> {
+        let template = self.get(name)?;
+        template.check_compatible(wanted)?;
+        template.verify(Verify::Quick)?;
+        self.add_ref(&template, machine)?;
+        let made = match (template.disk(), disk) {
+            (Some(_), Some(dst)) => match template.clone_disk(dst) {
+                Ok(how) => Some((dst.to_owned(), how)),
+                Err(e) => {
+                    let _ = self.release(template.id(), machine);
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
+        Ok(Prepared {
+            snapshot: template.snapshot(),
+            template,
+            disk: made,
+        })
     }
 
     /// Drop `machine`'s reference to template `id`. Idempotent; needs only

@@ -273,6 +273,7 @@ async fn clones_get_their_own_disk_and_config_drive() {
     let Some((img, backend)) = prerequisites("clones_get_their_own_disk_and_config_drive") else {
         return;
     };
+    let vmm_version = backend.vmm_version().unwrap();
     let tmp = short_tempdir();
     let store = Store::at(tmp.path().join("templates")).unwrap();
     let staging = store.begin("disk").unwrap();
@@ -335,6 +336,7 @@ async fn clones_get_their_own_disk_and_config_drive() {
             kernel_release: img.kernel_release.clone(),
             snapshot_ms: info.total_ms,
             disk_drive: Some("root".into()),
+            boot_ms: 0,
             ..Default::default()
         })
         .unwrap();
@@ -346,7 +348,16 @@ async fn clones_get_their_own_disk_and_config_drive() {
         let dir = instance(tmp.path(), name);
         let disk = dir.root().join("disk.ext4");
         let t = Instant::now();
-        let how = tmpl.clone_disk(&disk).unwrap();
+        let wanted = mvm_template::Wanted {
+            backend: mvm_core::BackendKind::Qemu,
+            vmm_version: &vmm_version,
+            kernel_release: &img.kernel_release,
+            image_digest: &img.digest,
+        };
+        let prepared = store
+            .prepare_clone("disk", name, &wanted, Some(&disk))
+            .unwrap();
+        let how = prepared.disk.as_ref().unwrap().1;
         eprintln!(
             "{name}: disk by {how} in {:?} ({} MiB allocated)",
             t.elapsed(),

@@ -176,6 +176,52 @@ fn damaged_files_are_found_and_named() {
 }
 
 #[test]
+fn prepare_clone_checks_refers_and_copies_or_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::at(t.path().join("templates")).unwrap();
+    let tmpl = make(&store, "py");
+    let w = Wanted {
+        backend: BackendKind::Qemu,
+        vmm_version: "QEMU 7.2",
+        kernel_release: "6.1.0",
+        image_digest: "abc",
+    };
+    let disk = t.path().join("c1.ext4");
+    let p = store.prepare_clone("py", "c1", &w, Some(&disk)).unwrap();
+    assert_eq!(p.template, tmpl);
+    assert_eq!(p.snapshot, tmpl.snapshot());
+    assert_eq!(p.disk.as_ref().unwrap().0, disk);
+    assert_eq!(
+        fs_err::read(&disk).unwrap(),
+        fs_err::read(tmpl.disk().unwrap()).unwrap()
+    );
+    assert_eq!(store.users(&tmpl).unwrap(), ["c1"]);
+
+    // Refused: another image. Nothing recorded, nothing made.
+    let d2 = t.path().join("c2.ext4");
+    let e = store
+        .prepare_clone(
+            "py",
+            "c2",
+            &Wanted {
+                image_digest: "zzz",
+                ..w.clone()
+            },
+            Some(&d2),
+        )
+        .unwrap_err();
+    assert!(matches!(e, TemplateError::Incompatible { .. }), "{e}");
+    // The disk cannot be made (its directory is missing): the reference
+    // is dropped again.
+    let e = store
+        .prepare_clone("py", "c3", &w, Some(&t.path().join("no/such/dir/d.ext4")))
+        .unwrap_err();
+    assert!(e.to_string().contains("no/such/dir"), "{e}");
+    assert_eq!(store.users(&tmpl).unwrap(), ["c1"]);
+    assert!(!d2.exists());
+}
+
+#[test]
 fn references_block_removal_until_released() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::at(t.path().join("templates")).unwrap();
