@@ -336,7 +336,6 @@ async fn clones_get_their_own_disk_and_config_drive() {
             kernel_release: img.kernel_release.clone(),
             snapshot_ms: info.total_ms,
             disk_drive: Some("root".into()),
-            boot_ms: 0,
             ..Default::default()
         })
         .unwrap();
