@@ -61,8 +61,10 @@ fn err(message: impl Into<String>) -> BackendError {
     BackendError::new(BackendKind::Firecracker, message)
 }
 
+/// A restore refused because of the snapshot (the cause says why; a
+/// caller finds it with [`BackendError::snapshot_error`]).
 fn snap_err(e: SnapshotError) -> BackendError {
-    err(format!("snapshot: {e}")).with_source(e)
+    err("cannot restore from the snapshot").with_source(e)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -188,7 +190,8 @@ impl FirecrackerBackend {
             memory_bytes: len(dest.memory())?,
             created: now_rfc3339(),
         };
-        dest.write_meta(&meta).map_err(snap_err)?;
+        dest.write_meta(&meta)
+            .map_err(|e| err("cannot write the snapshot metadata").with_source(e))?;
         Ok(SnapshotInfo {
             memory_allocated_bytes: allocated_bytes(&dest.memory()),
             meta,

@@ -243,7 +243,12 @@ async fn real_firecracker_refuses_bad_snapshots_with_typed_errors() {
     }
     fs_err::write(d.state(), &bytes).unwrap();
     let e = restore(d).await.unwrap_err();
-    eprintln!("damaged state: {e}");
+    eprintln!(
+        "damaged state: {e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     assert!(
         matches!(e.snapshot_error(), Some(SnapshotError::Load { .. })),
         "{e}"

@@ -75,8 +75,10 @@ fn err(message: impl Into<String>) -> BackendError {
     BackendError::new(BackendKind::Qemu, message)
 }
 
+/// A restore refused because of the snapshot (the cause says why; a
+/// caller finds it with [`BackendError::snapshot_error`]).
 fn snap_err(e: SnapshotError) -> BackendError {
-    err(format!("snapshot: {e}")).with_source(e)
+    err("cannot restore from the snapshot").with_source(e)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -421,7 +423,8 @@ impl QemuBackend {
             memory_bytes,
             created: now_rfc3339(),
         };
-        dest.write_meta(&meta).map_err(snap_err)?;
+        dest.write_meta(&meta)
+            .map_err(|e| err("cannot write the snapshot metadata").with_source(e))?;
         let sync_ms = ms(t_sync.elapsed());
         Ok(SnapshotInfo {
             memory_allocated_bytes: if mode == MemoryMode::MemoryFile {

@@ -11,7 +11,7 @@ use mvm_core::backend::{BackendKind, VmBackend, VmSpec};
 use mvm_core::snapshot::{MemoryBacking, MemoryMode, SnapshotDir, SnapshotError};
 use mvm_qemu::{Accel, QemuBackend, RunState};
 
-use crate::util::{deadline, processes_mentioning, qemu_or_skip, short_tempdir, spec};
+use crate::util::{chain, deadline, processes_mentioning, qemu_or_skip, short_tempdir, spec};
 
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -279,7 +279,7 @@ async fn bad_snapshots_are_refused_with_typed_errors() {
         matches!(e.snapshot_error(), Some(SnapshotError::VmmVersion { .. })),
         "{e}"
     );
-    assert!(e.to_string().contains("9.9.9"), "{e}");
+    assert!(chain(&e).contains("9.9.9"), "{}", chain(&e));
 
     // Another backend wrote it.
     let d = case("backend");
@@ -311,7 +311,7 @@ async fn bad_snapshots_are_refused_with_typed_errors() {
     fs_err::write(d.state(), &bytes).unwrap();
     let t = Instant::now();
     let e = restore(d, f.spec.clone()).await.unwrap_err();
-    eprintln!("corrupt state: {e}");
+    eprintln!("corrupt state: {}", chain(&e));
     assert!(
         matches!(e.snapshot_error(), Some(SnapshotError::Load { .. })),
         "{e}"
@@ -327,7 +327,7 @@ async fn bad_snapshots_are_refused_with_typed_errors() {
     m.state_bytes = (bytes.len() / 2) as u64;
     d.write_meta(&m).unwrap();
     let e = restore(d, f.spec.clone()).await.unwrap_err();
-    eprintln!("cut state: {e}");
+    eprintln!("cut state: {}", chain(&e));
     assert!(
         matches!(e.snapshot_error(), Some(SnapshotError::Load { .. })),
         "{e}"

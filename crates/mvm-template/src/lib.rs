@@ -112,8 +112,8 @@ pub enum TemplateError {
         /// The machines.
         machines: Vec<String>,
     },
-    /// The template's files are damaged or do not fit.
-    #[error("template {name:?}: {source}")]
+    /// The template's files are damaged or do not fit (the cause says how).
+    #[error("template {name:?} cannot be used")]
     Snapshot {
         /// The name.
         name: String,
