@@ -706,6 +706,30 @@ impl Store {
         Ok(out)
     }
 
+    /// References of machines for which `is_live` is false (their owner
+    /// died before releasing), as `(template name, machine)`; with
+    /// `remove`, they are dropped. For `mvm gc` / `mvm doctor`.
+    pub fn stale_refs(
+        &self,
+        is_live: impl Fn(&str) -> bool,
+        remove: bool,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        let _lock = self.lock()?;
+        let mut out = Vec::new();
+        for l in self.list()? {
+            let Ok(t) = l.template else { continue };
+            for m in self.users(&t)? {
+                if !is_live(&m) {
+                    if remove {
+                        self.release(t.id(), &m)?;
+                    }
+                    out.push((l.name.clone(), m));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Remove [`Store::leftovers`]; returns what was removed.
     pub fn gc(&self) -> Result<Vec<Leftover>, TemplateError> {
         let _lock = self.lock()?;

@@ -230,6 +230,12 @@ fn references_block_removal_until_released() {
     store.add_ref(&tmpl, "c2").unwrap();
     assert_eq!(store.users(&tmpl).unwrap(), ["c1", "c2"]);
 
+    // What gc/doctor would report if c2's machine were gone.
+    assert_eq!(
+        store.stale_refs(|m| m != "c2", false).unwrap(),
+        [("py".to_owned(), "c2".to_owned())]
+    );
+    assert_eq!(store.users(&tmpl).unwrap(), ["c1", "c2"], "only listed");
     let e = store.remove("py", false, |_| true).unwrap_err();
     assert!(
         matches!(&e, TemplateError::InUse { machines, .. } if machines == &["c1", "c2"]),
