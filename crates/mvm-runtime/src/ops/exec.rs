@@ -19,8 +19,7 @@ use crate::ops::create::{CreateOptions, create};
 use crate::supervisor::{Event, supervise};
 use crate::{Runtime, RuntimeError};
 
-/// How long connecting to a running machine's agent may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::resources::agent::{CONNECT_TIMEOUT, connect, request_shutdown};
 
 /// Exit status for "the command timed out" (as coreutils `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -116,22 +115,6 @@ fn agent_err(name: &str, source: ClientError) -> RuntimeError {
         name: name.to_owned(),
         source,
     }
-}
-
-/// Connect to a running machine's agent socket.
-pub async fn connect(dir: &InstanceDir) -> Result<AgentClient, RuntimeError> {
-    AgentClient::connect_unix(&dir.agent_socket(), Instant::now() + CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| agent_err(&dir.name(), e))
-}
-
-/// Ask the guest agent to power the machine off.
-pub async fn request_shutdown(dir: &InstanceDir) -> Result<(), RuntimeError> {
-    let client = connect(dir).await?;
-    client
-        .shutdown()
-        .await
-        .map_err(|e| agent_err(&dir.name(), e))
 }
 
 /// Connect to the agent of running machine `name` (an error naming the

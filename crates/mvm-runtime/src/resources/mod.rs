@@ -8,8 +8,10 @@
 //! - [`drives`]: config and secrets drives, named volumes, host directories
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
-//! - [`backend`]: which hypervisor backend runs a machine.
+//! - [`backend`]: which hypervisor backend runs a machine;
+//! - [`agent`]: the way in to a running machine's guest agent.
 
+pub mod agent;
 pub mod backend;
 pub mod disk;
 pub mod drives;

@@ -430,7 +430,7 @@ async fn graceful_stop(backend: &AnyBackend, dir: &InstanceDir, timeout: Duratio
     }
     let agent = tokio::time::timeout(
         timeout.min(AGENT_SHUTDOWN_TIMEOUT),
-        crate::ops::exec::request_shutdown(dir),
+        crate::resources::agent::request_shutdown(dir),
     )
     .await;
     if !matches!(agent, Ok(Ok(()))) {
