@@ -7,6 +7,10 @@
 //!   the processes that really run.
 //! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
 //! - [`backend`]: the one trait every hypervisor backend implements.
+//! - [`isolation`]: how a VMM is confined (uid, cgroup), as the runtime
+//!   tells a backend and persists in the record.
+//! - [`vmm_child`]: the VMM process a backend hands over (spawned, or
+//!   adopted through a pidfd when a jailer forked it).
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
 #![warn(missing_docs)]
 
@@ -14,11 +18,13 @@ pub mod atomic;
 pub mod backend;
 pub mod config;
 pub mod instance;
+pub mod isolation;
 pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
 pub mod testing;
+pub mod vmm_child;
 
 pub use backend::{BackendKind, VmBackend};
 pub use instance::{InstanceRecord, Status};

@@ -5,6 +5,7 @@
 //! - [`process`]: argv builder, spawning, readiness, stale sockets.
 //! - [`launch`]: how a [`mvm_core::backend::VmSpec`] becomes API calls (or a
 //!   `--config-file`).
+//! - [`jailer`]: the jailer's argv and the chroot of a jailed VMM.
 //! - [`vsock`]: the host side of Firecracker's hybrid vsock (`CONNECT <port>`).
 //! - [`install`]: finding, checking and installing release binaries.
 //! - [`backend`]: [`FirecrackerBackend`], the [`mvm_core::VmBackend`] impl.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod backend;
 pub mod install;
+pub mod jailer;
 pub mod launch;
 pub mod process;
 pub mod vsock;

@@ -462,6 +462,7 @@ fn spec_for_launch(net: bool) -> VmSpec {
         }),
         vsock_cid: 3,
         transient: true,
+        isolation: None,
     }
 }
 

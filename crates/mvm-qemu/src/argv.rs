@@ -371,6 +371,7 @@ mod tests {
             }),
             vsock_cid: 3,
             transient: false,
+            isolation: None,
         }
     }
 

@@ -410,7 +410,7 @@ impl QemuBackend {
                 Ok(guest) => {
                     tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
                     return Ok(RunningVmm {
-                        child: guard.disarm(),
+                        child: guard.disarm().into(),
                         guest: Some(guest),
                     });
                 }

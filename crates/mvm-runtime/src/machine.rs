@@ -283,6 +283,7 @@ impl Runtime {
             net,
             vsock_cid: rec.vsock_cid.unwrap_or(3),
             transient: rec.transient,
+            isolation: None,
         })
     }
 
