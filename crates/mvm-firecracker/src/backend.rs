@@ -236,8 +236,8 @@ impl FirecrackerBackend {
             Path::new(jailer::inner::VMM_LOG),
             Path::new(jailer::inner::GUEST_SOCKET),
         );
+        // The jailer passes its own --id on to Firecracker.
         let mut fc = FirecrackerArgs::new(&self.binary, jailer::inner::API_SOCKET);
-        fc.id = Some(spec.name.clone());
         fc.enable_pci = self.enable_pci;
         if self.start_mode == StartMode::ConfigFile {
             let host = layout.chroot().host_path(jailer::inner::CONFIG_FILE);

@@ -4,5 +4,6 @@ mod client;
 mod common;
 mod contract;
 mod install;
+mod jailed;
 mod real;
 mod vsock;

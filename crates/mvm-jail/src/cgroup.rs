@@ -15,7 +15,7 @@
 //!
 //! | limit | v1 | v2 |
 //! |---|---|---|
-//! | memory | `memory.limit_in_bytes` (+ `memory.memsw.limit_in_bytes` when swap is accounted) | `memory.max` (+ `memory.swap.max = 0`) |
+//! | memory | `memory.limit_in_bytes` | `memory.max` (+ `memory.swap.max = 0`) |
 //! | CPU cap | `cpu.cfs_period_us`, `cpu.cfs_quota_us` | `cpu.max` = `"QUOTA PERIOD"` |
 //! | CPU weight | `cpu.shares` = weight·1024/100 | `cpu.weight` |
 //!
@@ -363,19 +363,14 @@ impl Cgroup {
             let dir = self.dir_for(file);
             write(&dir.join(file), &value)?;
         }
-        // Swap would let a guest exceed its memory limit.
-        match self.version {
-            CgroupVersion::V1 => {
-                let f = self.dir_for("memory").join("memory.memsw.limit_in_bytes");
-                if f.exists() {
-                    write(&f, &spec.limits.memory_bytes.to_string())?;
-                }
-            }
-            CgroupVersion::V2 => {
-                let f = self.dirs[0].join("memory.swap.max");
-                if f.exists() {
-                    write(&f, "0")?;
-                }
+        // Swap would let a guest exceed its memory limit (v2). On v1,
+        // memory.memsw.limit_in_bytes is left alone: the jailer first
+        // copies the parent's (unlimited) memory.limit_in_bytes into the
+        // cgroup, which the kernel refuses above a set memsw limit.
+        if self.version == CgroupVersion::V2 {
+            let f = self.dirs[0].join("memory.swap.max");
+            if f.exists() {
+                write(&f, "0")?;
             }
         }
         Ok(())
