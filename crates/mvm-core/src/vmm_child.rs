@@ -193,7 +193,11 @@ mod tests {
         // until EOF, then exiting with 7.
         let (r, w) = std::io::pipe().unwrap();
         let mut sh = std::process::Command::new("/bin/sh")
-            .args(["-c", "sh -c 'read x; exit 7' & echo $!"])
+            // (A background job's stdin is /dev/null: hand it the pipe as fd 3.)
+            .args([
+                "-c",
+                "exec 3<&0; sh -c 'read x <&3; exit 7' >/dev/null & echo $!",
+            ])
             .stdin(r)
             .stdout(std::process::Stdio::piped())
             .spawn()

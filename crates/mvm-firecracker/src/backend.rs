@@ -300,10 +300,9 @@ impl FirecrackerBackend {
 
 /// Release everything a jailed machine held: kill what is left in its
 /// cgroup and remove it, unmount and remove its chroot, remove the socket
-/// symlinks. Idempotent; needs only the instance directory and the
+/// symlinks ([`mvm_jail::release`]). Idempotent; needs only the instance directory and the
 /// record's isolation.
 pub fn release_jail(dir: &InstanceDir, iso: &Isolation) -> Result<(), mvm_jail::JailError> {
-    jailer::unlink_sockets(dir);
     mvm_jail::release(dir, Some(iso))
 }
 

@@ -330,16 +330,6 @@ pub fn prepare(
     Ok(inner_spec)
 }
 
-/// Remove the stable socket symlinks that point into the chroot (part of
-/// the jail's release; idempotent).
-pub fn unlink_sockets(dir: &InstanceDir) {
-    for p in [dir.api_socket(), dir.guest_socket()] {
-        if fs_err::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            let _ = fs_err::remove_file(&p);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

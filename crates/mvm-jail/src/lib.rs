@@ -7,6 +7,8 @@
 //!   leftovers.
 //! - [`chroot`]: the VMM's chroot under the instance directory (hard links
 //!   or bind mounts, never copies), and its release (unmount, remove).
+//! - [`creds`]: switching a forked VMM to the machine's uid/gid before
+//!   `exec`.
 //!
 //! The types the runtime persists ([`mvm_core::isolation::Isolation`]) live
 //! in `mvm-core`; the backends (`mvm-firecracker`'s jailer launch,
@@ -22,6 +24,7 @@
 
 pub mod cgroup;
 pub mod chroot;
+pub mod creds;
 pub mod uid;
 
 use mvm_core::isolation::{CgroupSpec, CgroupVersion, Isolation};
@@ -75,11 +78,29 @@ pub fn release(dir: &InstanceDir, isolation: Option<&Isolation>) -> Result<(), J
     if let Err(e) = &cg {
         tracing::warn!(machine = %dir.name(), error = %e, "jail release: cgroup");
     }
+    unlink_jail_symlinks(dir);
     let ch = chroot::release(&dir.jail_dir()).map_err(JailError::from);
     if let Err(e) = &ch {
         tracing::warn!(machine = %dir.name(), error = %e, "jail release: chroot");
     }
     cg.and(ch)
+}
+
+/// Remove the symlinks of the instance directory that point into its jail
+/// (the stable socket paths of a jailed VMM). Idempotent.
+pub fn unlink_jail_symlinks(dir: &InstanceDir) {
+    let Ok(entries) = fs_err::read_dir(dir.root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let into_jail = fs_err::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
+            && fs_err::read_link(&p)
+                .is_ok_and(|t| t.starts_with("jail") || t.starts_with(dir.jail_dir()));
+        if into_jail {
+            let _ = fs_err::remove_file(&p);
+        }
+    }
 }
 
 /// The cgroup spec of machine `name` of `home`, limits included, on the

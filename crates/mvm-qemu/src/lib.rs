@@ -1,6 +1,8 @@
 //! The QEMU `microvm` backend of mvm.
 //!
 //! - [`argv`]: the typed QEMU command line (never a shell).
+//! - [`isolate`]: launching QEMU as the machine's uid, with inherited
+//!   descriptors, in its cgroup, under `-sandbox`.
 //! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
 //! - [`backend`]: [`QemuBackend`], discovery of the binary, choice of
 //!   accelerator (KVM when usable, TCG otherwise) and the
@@ -16,6 +18,7 @@
 
 pub mod argv;
 pub mod backend;
+pub mod isolate;
 pub mod qmp;
 
 pub use argv::{Accel, FwdProto, HostForward, NetArgs, QemuArgs};
