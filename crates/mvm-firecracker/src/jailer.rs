@@ -50,6 +50,11 @@ use mvm_core::paths::InstanceDir;
 use mvm_jail::chroot::{self, Chroot, ChrootError};
 use tokio::process::Command;
 
+/// Memory a Firecracker process needs beside the guest's (its own heap
+/// and the page cache of its drives, charged to the cgroup), MiB: the
+/// runtime adds it to the guest memory for the cgroup limit.
+pub const FIRECRACKER_OVERHEAD_MIB: u32 = 64;
+
 /// Environment variable naming the jailer binary.
 pub const JAILER_BIN_ENV: &str = "MVM_JAILER_BIN";
 

@@ -782,14 +782,10 @@ pub struct ToolCheck {
 /// Check the host tools image builds use (for `mvm doctor` / `mvm setup`).
 pub fn host_tools() -> Vec<ToolCheck> {
     let mut out = Vec::new();
-    let bb = match tree::host_busybox() {
-        Ok(b) => (
+    let bb = match tree::host_busybox().and_then(|b| b.applets()) {
+        Ok(applets) => (
             true,
-            format!(
-                "{} (static, {} applets)",
-                tree::HOST_BUSYBOX,
-                b.applets.len()
-            ),
+            format!("{} (static, {} applets)", tree::HOST_BUSYBOX, applets.len()),
         ),
         Err(e) => (false, e.to_string()),
     };
