@@ -119,6 +119,79 @@ pub fn cgroup_spec(
     })
 }
 
+/// What `mvm inspect` shows of a machine's confinement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IsolationView {
+    /// The VMM's uid.
+    pub uid: u32,
+    /// The VMM's gid.
+    pub gid: u32,
+    /// The chroot on the host, while one exists (a jailed VMM).
+    pub chroot: Option<std::path::PathBuf>,
+    /// The cgroup's hierarchy version.
+    pub cgroup_version: Option<CgroupVersion>,
+    /// The cgroup's directories (v1: memory, cpu; v2: one).
+    pub cgroup: Vec<std::path::PathBuf>,
+}
+
+/// The confinement of the machine in `dir`, as its record says and the
+/// host shows.
+pub fn view(dir: &InstanceDir, isolation: &Isolation) -> IsolationView {
+    // The jailer's chroot is <jail>/<exec name>/<machine>/root.
+    let chroot = fs_err::read_dir(dir.jail_dir()).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path().join(dir.name()).join("root"))
+            .find(|p| p.is_dir())
+    });
+    let cgroup = isolation
+        .cgroup
+        .as_ref()
+        .and_then(|c| Some((c, Hierarchy::detect()?)))
+        .and_then(|(c, h)| h.dirs(&c.parent, &c.name).ok())
+        .unwrap_or_default();
+    IsolationView {
+        uid: isolation.uid,
+        gid: isolation.gid,
+        chroot,
+        cgroup_version: isolation.cgroup.as_ref().map(|c| c.version),
+        cgroup,
+    }
+}
+
+/// What of mvm's confinement exists on the host for `home`, whoever owns
+/// it; `gc` releases what no running machine owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Leftovers {
+    /// Machine cgroups under `mvm/<home tag>` (machine names).
+    pub cgroups: Vec<String>,
+    /// Mounts under `$MVM_HOME/instances` (chroot bind mounts).
+    pub mounts: Vec<std::path::PathBuf>,
+    /// Instance directories that hold a `jail/` directory.
+    pub jails: Vec<std::path::PathBuf>,
+}
+
+/// Find [`Leftovers`] of `home`.
+pub fn leftovers(home: &MvmHome) -> Leftovers {
+    let cgroups = Hierarchy::detect()
+        .and_then(|h| cgroup::leftovers(&h, &cgroup_parent(home)).ok())
+        .unwrap_or_default();
+    let mounts = chroot::mounts_under(&home.instances_dir());
+    let jails = fs_err::read_dir(home.instances_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| InstanceDir::new(e.path()))
+                .filter(|i| i.jail_dir().is_dir())
+                .map(|i| i.jail_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    Leftovers {
+        cgroups,
+        mounts,
+        jails,
+    }
+}
+
 /// What `mvm doctor` reports about VMM confinement on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DoctorInfo {
@@ -172,6 +245,26 @@ mod tests {
             cgroup_parent(&MvmHome::new("/var/lib/mvm")),
             format!("mvm/{a}")
         );
+    }
+
+    #[test]
+    fn view_and_leftovers_see_a_jail_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let home = MvmHome::new(t.path());
+        let dir = home.instance("web");
+        assert_eq!(leftovers(&home).jails, Vec::<std::path::PathBuf>::new());
+        fs_err::create_dir_all(dir.jail_dir().join("firecracker/web/root")).unwrap();
+        let iso = Isolation {
+            uid: 7,
+            gid: 8,
+            cgroup: None,
+        };
+        let v = view(&dir, &iso);
+        assert_eq!(v.chroot, Some(dir.jail_dir().join("firecracker/web/root")));
+        assert_eq!((v.uid, v.gid), (7, 8));
+        assert_eq!(leftovers(&home).jails, vec![dir.jail_dir()]);
+        release(&dir, Some(&iso)).unwrap();
+        assert!(leftovers(&home).jails.is_empty());
     }
 
     #[test]
