@@ -363,10 +363,10 @@ impl VmBackend for FirecrackerBackend {
                 if let Some(c) = guard.0.take() {
                     reap(c).await;
                 }
-                if let Some(iso) = &spec.isolation {
-                    if let Err(r) = release_jail(dir, iso) {
-                        tracing::warn!(error = %r, "releasing the jail of a failed launch");
-                    }
+                if let Some(iso) = &spec.isolation
+                    && let Err(r) = release_jail(dir, iso)
+                {
+                    tracing::warn!(error = %r, "releasing the jail of a failed launch");
                 }
                 Err(e.with_logs(dir))
             }

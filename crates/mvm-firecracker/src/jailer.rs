@@ -266,7 +266,7 @@ fn relink(link: &Path, target: &Path) -> Result<(), JailerError> {
     match fs_err::remove_file(link) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(link)(e.into())),
+        Err(e) => return Err(io_err(link)(e)),
     }
     std::os::unix::fs::symlink(target, link).map_err(io_err(link))
 }
@@ -316,7 +316,7 @@ pub fn prepare(
         .create(true)
         .append(true)
         .open(&log)
-        .map_err(|e| io_err(&log)(e.into()))?;
+        .map_err(|e| io_err(&log)(e))?;
     chroot::give(&log, iso.uid, iso.gid)?;
     c.place(&log, inner::VMM_LOG, false)?;
     let rel_root = layout

@@ -293,14 +293,14 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs_err::write(path, value).map_err(|e| CgroupError::Write {
         path: path.to_owned(),
         value: value.to_owned(),
-        source: e.into(),
+        source: e,
     })
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
     fs_err::read_to_string(path).map_err(|e| CgroupError::Read {
         path: path.to_owned(),
-        source: e.into(),
+        source: e,
     })
 }
 
@@ -347,7 +347,7 @@ impl Cgroup {
                     Err(e) => {
                         return Err(CgroupError::Create {
                             path: at,
-                            source: e.into(),
+                            source: e,
                         });
                     }
                 }
@@ -431,7 +431,7 @@ impl Cgroup {
                     .map_err(|e| CgroupError::Write {
                         path: p,
                         value: "0".into(),
-                        source: e.into(),
+                        source: e,
                     })
             })
             .collect()
@@ -524,7 +524,7 @@ fn rmdir_if_exists(dir: &Path) -> Result<(), CgroupError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(CgroupError::Remove {
             path: dir.to_owned(),
-            source: e.into(),
+            source: e,
         }),
     }
 }
@@ -553,12 +553,11 @@ fn release_in(h: &Hierarchy, spec: &CgroupSpec) -> Result<(), CgroupError> {
 /// and remove it. Idempotent: a cgroup that does not exist is released.
 /// Needs only the spec (from the machine's record).
 pub fn release(spec: &CgroupSpec) -> Result<(), CgroupError> {
-    let h = Hierarchy::detect().ok_or(CgroupError::Unavailable)?;
-    if h.version() != spec.version {
+    match Hierarchy::detect() {
+        Some(h) if h.version() == spec.version => release_in(&h, spec),
         // Nothing of ours can exist in a hierarchy that is not mounted.
-        return Ok(());
+        _ => Ok(()),
     }
-    release_in(&h, spec)
 }
 
 /// [`release`] in an explicit hierarchy.

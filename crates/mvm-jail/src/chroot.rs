@@ -109,7 +109,7 @@ impl Chroot {
     pub fn create(&self) -> Result<(), ChrootError> {
         fs_err::create_dir_all(&self.root).map_err(|e| ChrootError::Prepare {
             path: self.root.clone(),
-            source: e.into(),
+            source: e,
         })
     }
 
@@ -118,7 +118,7 @@ impl Chroot {
         let p = self.host_path(inner);
         fs_err::create_dir_all(&p).map_err(|e| ChrootError::Prepare {
             path: p.clone(),
-            source: e.into(),
+            source: e,
         })?;
         if let Some((u, g)) = owner {
             give(&p, u, g)?;
@@ -138,7 +138,7 @@ impl Chroot {
         if let Some(parent) = dst.parent() {
             fs_err::create_dir_all(parent).map_err(|e| ChrootError::Prepare {
                 path: parent.to_owned(),
-                source: e.into(),
+                source: e,
             })?;
         }
         let link = match fs_err::hard_link(src, &dst) {
@@ -162,7 +162,7 @@ impl Chroot {
             Err(source) => Err(ChrootError::Place {
                 src: src.to_owned(),
                 dst,
-                link: link.into(),
+                link,
                 source,
             }),
         }
@@ -257,7 +257,7 @@ pub fn release(dir: &Path) -> Result<(), ChrootError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(ChrootError::Remove {
             path: dir.to_owned(),
-            source: e.into(),
+            source: e,
         }),
     }
 }
