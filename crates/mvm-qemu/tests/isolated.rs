@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mvm_core::InstanceDir;
-use mvm_core::backend::{DriveSpec, VmBackend};
+use mvm_core::backend::{DriveSpec, NetSpec, VmBackend};
 use mvm_core::isolation::{CgroupSpec, Isolation};
 use mvm_core::paths::MvmHome;
 use mvm_jail::cgroup::{Hierarchy, limits_for};
@@ -45,15 +45,52 @@ impl Drop for Release {
 
 #[tokio::test]
 async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answers() {
-    const T: &str = "isolated_qemu_boots_and_the_agent_answers";
+    boot_isolated("isolated_qemu_boots_and_the_agent_answers", "iso", None).await;
+}
+
+#[test]
+fn isolated_qemu_gets_its_tap_as_a_descriptor() {
+    const T: &str = "isolated_qemu_gets_its_tap_as_a_descriptor";
     if !rustix::process::geteuid().is_root() {
         mvm_core::testing::skip(&format!("SKIPPED: {T}: needs root"));
+        return;
+    }
+    // In a network namespace of this thread's own (gone with the thread and
+    // its QEMU): a persistent TAP, as mvm-net makes it.
+    std::thread::spawn(|| {
+        // SAFETY: CLONE_NEWNET only changes this thread's network
+        // namespace; nothing else of the process is unshared.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .expect("unshare(CLONE_NEWNET)");
+        let mut nl = mvm_net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.links().unwrap().len(), 1, "not a fresh namespace");
+        mvm_net::link::create_tap(&mut nl, "fcqtap0").unwrap();
+        let net = NetSpec {
+            tap: "fcqtap0".into(),
+            mac: "06:00:ac:10:00:09".into(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(boot_isolated(T, "isotap", Some(net)));
+    })
+    .join()
+    .map_err(std::panic::resume_unwind)
+    .unwrap();
+}
+
+/// Boot the default image isolated, with `net` if given, check the VMM's
+/// confinement from /proc and talk to the agent.
+async fn boot_isolated(test: &str, name: &str, net: Option<NetSpec>) {
+    if !rustix::process::geteuid().is_root() {
+        mvm_core::testing::skip(&format!("SKIPPED: {test}: needs root"));
         return;
     }
     let backend = match QemuBackend::detect() {
         Ok(b) => b,
         Err(e) => {
-            mvm_core::testing::skip(&format!("SKIPPED: {T}: {e}"));
+            mvm_core::testing::skip(&format!("SKIPPED: {test}: {e}"));
             return;
         }
     };
@@ -62,7 +99,7 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
         Ok(i) => i,
         Err(e) => {
             mvm_core::testing::skip(&format!(
-                "SKIPPED: {T}: cannot build the default image: {e}"
+                "SKIPPED: {test}: cannot build the default image: {e}"
             ));
             return;
         }
@@ -76,11 +113,11 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
         .unwrap();
     // Only root may read the disk: QEMU gets it as a descriptor.
     fs_err::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let uid = 1_000_100_000 + std::process::id() % 60_000;
+    let uid = 1_000_100_000 + std::process::id() % 60_000 + u32::from(net.is_some());
     let cgroup = Hierarchy::detect().map(|h| CgroupSpec {
         version: h.version(),
         parent: format!("mvm-test-qemu-{}", std::process::id()),
-        name: "iso".into(),
+        name: name.into(),
         limits: limits_for(1, 256, QEMU_OVERHEAD_MIB, None),
     });
     let iso = Isolation {
@@ -100,6 +137,7 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
         read_only: false,
     }];
     s.isolation = Some(iso.clone());
+    s.net = net.clone();
 
     let mut vmm = backend
         .launch(&s, &dir, deadline(60))
@@ -133,7 +171,7 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
     );
     if let Some(cg) = &cgroup {
         let own = fs_err::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(own.contains(&format!("/{}/iso", cg.parent)), "{own}");
+        assert!(own.contains(&format!("/{}/{name}", cg.parent)), "{own}");
     }
     // The sockets stay root's, at their stable paths.
     assert_eq!(fs_err::metadata(dir.qmp_socket()).unwrap().uid(), 0);
@@ -147,33 +185,19 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
                 fs_err::read_to_string(dir.console_log()).unwrap_or_default()
             )
         });
-    let mut exec = client
-        .exec(mvm_agent_proto::ExecRequest {
-            argv: vec!["cat".into(), "/sys/block/vda/size".into()],
-            env: vec![],
-            cwd: None,
-            stdin: false,
-            timeout_ms: Some(30_000),
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), exec.next_event())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        match ev {
-            mvm_agent_proto::client::ExecEvent::Stdout(b) => out.extend_from_slice(&b),
-            mvm_agent_proto::client::ExecEvent::Stderr(_) => {}
-            mvm_agent_proto::client::ExecEvent::Exit(_) => break,
-        }
-    }
+    let out = run(&client, &["cat", "/sys/block/vda/size"]).await;
     // The drive handed over as a descriptor is the guest's /dev/vda.
-    assert_eq!(
-        String::from_utf8_lossy(&out).trim(),
-        (8u64 << 20 >> 9).to_string()
-    );
+    assert_eq!(out.trim(), (8u64 << 20 >> 9).to_string());
+    if let Some(n) = &net {
+        // The TAP handed over as a descriptor is the guest's eth0, and
+        // QEMU holds it (carrier).
+        let mac = run(&client, &["cat", "/sys/class/net/eth0/address"]).await;
+        assert_eq!(mac.trim(), n.mac);
+        // (This thread's namespace, through netlink: /sys shows the host's.)
+        let links = mvm_net::netlink::Netlink::open().unwrap().links().unwrap();
+        let tap = links.iter().find(|l| l.name == n.tap).expect("the TAP");
+        assert!(tap.carrier, "the TAP has no carrier: no process holds it");
+    }
     if let Some(cg) = &cgroup
         && let Some(h) = Hierarchy::detect()
     {
@@ -199,4 +223,31 @@ async fn isolated_qemu_runs_as_the_machines_uid_with_seccomp_and_the_agent_answe
         }
     }
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// Run `argv` in the guest; its stdout.
+async fn run(client: &mvm_agent_proto::client::AgentClient, argv: &[&str]) -> String {
+    let mut exec = client
+        .exec(mvm_agent_proto::ExecRequest {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            stdin: false,
+            timeout_ms: Some(30_000),
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), exec.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        match ev {
+            mvm_agent_proto::client::ExecEvent::Stdout(b) => out.extend_from_slice(&b),
+            mvm_agent_proto::client::ExecEvent::Stderr(_) => {}
+            mvm_agent_proto::client::ExecEvent::Exit(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
