@@ -11,6 +11,7 @@
 //!   volumes/<name>.ext4     named volumes
 //!   instances/<name>/       one directory per machine (see InstanceDir)
 //!   templates/              templates (layout in the `mvm-template` crate)
+//!     jail/                 the VMM's chroot, when it runs jailed
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -168,6 +169,13 @@ impl InstanceDir {
     /// The secrets drive image (mode 0600).
     pub fn secrets_drive(&self) -> PathBuf {
         self.root.join("secrets.ext4")
+    }
+    /// The machine's jail: the base directory of its VMM's chroot
+    /// (`jail/<exec name>/<name>/root` for the Firecracker jailer). Only
+    /// the VMM's view of its files, hard links and bind mounts; removed
+    /// whenever the VMM is gone.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.root.join("jail")
     }
     /// Where a VMM pid is written by the VMM itself, when it supports it.
     pub fn vmm_pidfile(&self) -> PathBuf {

@@ -519,6 +519,7 @@ mod tests {
             net: None,
             vsock_cid: 3,
             transient: true,
+            isolation: None,
         }
     }
 

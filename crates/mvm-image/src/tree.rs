@@ -65,18 +65,18 @@ pub enum TreeError {
     },
 }
 
-/// A static busybox and its applets.
+/// A static busybox. Its applets are listed only when asked
+/// ([`Busybox::applets`]): a cached image needs just the digest, and
+/// running `busybox --list-full` cost ~50 ms of every `mvm run`.
 #[derive(Debug, Clone)]
 pub struct Busybox {
     /// The binary.
     pub bytes: Vec<u8>,
     /// Its sha256, hex.
     pub sha256: String,
-    /// Applet paths, relative (`usr/bin/[`), sorted.
-    pub applets: Vec<String>,
 }
 
-/// Load the host's static busybox and list its applets.
+/// Load the host's static busybox.
 pub fn host_busybox() -> Result<Busybox, TreeError> {
     let path = Path::new(HOST_BUSYBOX);
     let bytes = fs_err::read(path).map_err(|e| TreeError::Busybox {
@@ -89,24 +89,31 @@ pub fn host_busybox() -> Result<Busybox, TreeError> {
             why,
         });
     }
-    let out = cmd::run(
-        path,
-        &["--list-full".as_ref()],
-        None,
-        Duration::from_secs(30),
-    )?;
-    let mut applets: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(|l| l.trim().trim_start_matches('/').to_owned())
-        .filter(|l| !l.is_empty() && l != "bin/busybox" && !l.contains(".."))
-        .collect();
-    applets.sort();
-    applets.dedup();
     Ok(Busybox {
         sha256: hex::encode(Sha256::digest(&bytes)),
         bytes,
-        applets,
     })
+}
+
+impl Busybox {
+    /// Applet paths, relative (`usr/bin/[`), sorted (`busybox
+    /// --list-full` of the host's busybox).
+    pub fn applets(&self) -> Result<Vec<String>, TreeError> {
+        let out = cmd::run(
+            Path::new(HOST_BUSYBOX),
+            &["--list-full".as_ref()],
+            None,
+            Duration::from_secs(30),
+        )?;
+        let mut applets: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.trim().trim_start_matches('/').to_owned())
+            .filter(|l| !l.is_empty() && l != "bin/busybox" && !l.contains(".."))
+            .collect();
+        applets.sort();
+        applets.dedup();
+        Ok(applets)
+    }
 }
 
 /// `Ok` for an x86_64 ELF with no `PT_INTERP` (static or static-pie).
@@ -162,11 +169,11 @@ pub fn add_agent_and_mountpoints(tree: &Path, agent: &[u8], as_init: bool) -> st
 
 /// Build the base tree (see the module docs) into the empty directory `tree`;
 /// modules are added separately.
-pub fn build_base(tree: &Path, agent: &[u8], busybox: &Busybox) -> std::io::Result<()> {
+pub fn build_base(tree: &Path, agent: &[u8], busybox: &Busybox) -> Result<(), TreeError> {
     fs_err::create_dir_all(tree)?;
     add_agent_and_mountpoints(tree, agent, true)?;
     write_file(&tree.join("bin/busybox"), &busybox.bytes, 0o755)?;
-    for applet in &busybox.applets {
+    for applet in &busybox.applets()? {
         let link = tree.join(applet);
         if link.symlink_metadata().is_ok() {
             continue;

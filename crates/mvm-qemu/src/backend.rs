@@ -21,6 +21,11 @@
 //!    the tails of `vmm.log` and `console.log`. If the launch future is
 //!    dropped half-way, the child is killed (tokio reaps it).
 //!
+//! An isolated machine (`spec.isolation`) runs as its own uid in its cgroup
+//! under `-sandbox`, with every file and socket handed over as a
+//! descriptor ([`crate::isolate`]); a failed launch releases its cgroup,
+//! and the caller's teardown calls [`mvm_jail::release`] once it exited.
+//!
 //! Control operations (pause, resume, shutdown request) each open a fresh
 //! QMP session with a 10 s deadline; the QMP monitor serves one client at
 //! a time, so concurrent callers queue.
@@ -373,7 +378,7 @@ impl QemuBackend {
         deadline: Instant,
     ) -> Result<RunningVmm, BackendError> {
         let args = self.args(spec, dir);
-        self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
+        self.launch_args(spec, args, dir, deadline, RunState::Running)
             .await
             .map(|(vmm, _qmp)| vmm)
     }
@@ -385,8 +390,8 @@ impl QemuBackend {
     /// session too (a restore goes on with it).
     pub(crate) async fn launch_args(
         &self,
-        args: &QemuArgs,
-        transient: bool,
+        spec: &VmSpec,
+        args: QemuArgs,
         dir: &InstanceDir,
         deadline: Instant,
         expect: RunState,
@@ -395,12 +400,39 @@ impl QemuBackend {
         clear_stale_socket(&dir.guest_socket())?;
         let log = fs_err::File::create(dir.vmm_log())
             .map_err(|e| err("cannot create the VMM log").with_source(e))?;
+        let mut args = args;
+        let opened = match &spec.isolation {
+            Some(iso) => {
+                let o = crate::isolate::open(spec, iso, &args)?;
+                args.fds = Some(o.passed.clone());
+                Some(o)
+            }
+            None => None,
+        };
         let argv = args.to_argv();
         tracing::debug!(binary = %self.binary.display(), ?argv, "spawning QEMU");
+        // An isolated child sets its own death signal, after its uid switch.
+        let transient = spec.transient && opened.is_none();
         let child = self
             .command(argv, log.into_parts().0, transient)
-            .and_then(|mut c| c.spawn())
-            .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e))?;
+            .and_then(|mut c| {
+                if let Some(o) = &opened {
+                    o.prepare(&mut c, spec.transient);
+                }
+                c.spawn()
+            })
+            .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e));
+        // Close our copies: the sockets must be served by QEMU alone.
+        drop(opened);
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(iso) = &spec.isolation {
+                    let _ = mvm_jail::release(dir, Some(iso));
+                }
+                return Err(e);
+            }
+        };
         let mut guard = ChildGuard(Some(child));
         let started = Instant::now();
 
@@ -436,7 +468,7 @@ impl QemuBackend {
                     tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
                     return Ok((
                         RunningVmm {
-                            child: guard.disarm(),
+                            child: guard.disarm().into(),
                             guest: Some(guest),
                         },
                         qmp,
@@ -450,6 +482,9 @@ impl QemuBackend {
                     Err(e) => err("cannot wait for QEMU").with_source(e),
                 };
                 guard.kill().await;
+                if let Some(iso) = &spec.isolation {
+                    let _ = mvm_jail::release(dir, Some(iso));
+                }
                 return Err(e.with_logs(dir));
             }
         };
@@ -463,6 +498,9 @@ impl QemuBackend {
             }
         }
         guard.kill().await;
+        if let Some(iso) = &spec.isolation {
+            let _ = mvm_jail::release(dir, Some(iso));
+        }
         Err(e.with_logs(dir))
     }
 }

@@ -1,6 +1,8 @@
 //! The QEMU `microvm` backend of mvm.
 //!
 //! - [`argv`]: the typed QEMU command line (never a shell).
+//! - [`isolate`]: launching QEMU as the machine's uid, with inherited
+//!   descriptors, in its cgroup, under `-sandbox`.
 //! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
 //! - [`snapshot`]: snapshot/restore through QEMU's migration (file-backed
 //!   guest RAM mapped privately by clones).
@@ -18,6 +20,7 @@
 
 pub mod argv;
 pub mod backend;
+pub mod isolate;
 pub mod qmp;
 pub mod snapshot;
 
