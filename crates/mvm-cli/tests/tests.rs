@@ -9,3 +9,4 @@ mod e2e_firecracker;
 mod e2e_machines;
 mod e2e_net;
 mod e2e_transient;
+mod e2e_tty;
