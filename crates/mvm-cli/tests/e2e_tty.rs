@@ -36,6 +36,7 @@ fn terminals_in_running_and_transient_machines() {
         "mvm run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    completes_names(home, &name);
     let t = Tmux::start(home);
 
     exec_it_sh(&t, home, &name);
@@ -43,6 +44,19 @@ fn terminals_in_running_and_transient_machines() {
     shell_and_vi(&t, &name);
     without_a_terminal(home, &name);
     transient_exec_it_and_sigterm(&t, home);
+}
+
+/// Tab completion offers the running machine and the image.
+fn completes_names(home: &Path, name: &str) {
+    use crate::completion::complete;
+    for cmd in ["exec", "shell", "stop", "rm"] {
+        let got = complete(home, &["mvm", cmd, ""]);
+        assert!(got.iter().any(|c| c == name), "mvm {cmd}: {got:?}");
+    }
+    let got = complete(home, &["mvm", "cp", ""]);
+    assert!(got.contains(&format!("{name}:")), "mvm cp: {got:?}");
+    let got = complete(home, &["mvm", "exec", "--image", ""]);
+    assert!(got.iter().any(|c| c == "default"), "--image: {got:?}");
 }
 
 /// `exec -it NAME -- sh`: arithmetic, size, resize, Ctrl-C, Ctrl-D, exit 3,
@@ -53,20 +67,30 @@ fn exec_it_sh(t: &Tmux, home: &Path, name: &str) {
 
     t.line("echo $((6*7))");
     t.wait_for("42", SCREEN, |s| has_line(s, "42"));
+    t.wait_prompt("guest$", SCREEN);
+    t.line("tty");
+    let s = t.wait_for("/dev/pts/N", SCREEN, |s| pts(s).is_some());
+    let pts = pts(&s).unwrap();
+    t.wait_prompt("guest$", SCREEN);
     t.line("stty size");
     t.wait_for("24 80", SCREEN, |s| has_line(s, "24 80"));
+    t.wait_prompt("guest$", SCREEN);
+    // The new size reaches the guest terminal (seen from outside the
+    // session), then the shell in it reports it.
     t.resize(100, 30);
+    let mut size = String::new();
+    let resized = wait_until(SCREEN, || {
+        size = guest(home, name, &["stty", "-F", &pts, "size"]);
+        size.trim() == "30 100"
+    });
+    assert!(resized, "{pts} is {size:?}, not 30 100");
     t.line("stty size");
     t.wait_for("30 100", SCREEN, |s| has_line(s, "30 100"));
+    t.wait_prompt("guest$", SCREEN);
 
     // Ctrl-C reaches the guest's foreground job (sleep), not mvm.
     t.line("sleep 100");
-    let sleeping = wait_until(SCREEN, || {
-        guest(home, name, &["ps"])
-            .lines()
-            .any(|l| l.trim_end().ends_with("sleep 100"))
-    });
-    assert!(sleeping, "no `sleep 100` in the guest");
+    wait_guest_command(home, name, "sleep 100");
     let pressed = Instant::now();
     t.keys(&["C-c"]);
     t.wait_prompt("guest$", SCREEN);
@@ -74,9 +98,12 @@ fn exec_it_sh(t: &Tmux, home: &Path, name: &str) {
     assert!(back < Duration::from_secs(1), "prompt back after {back:?}");
     t.line("echo alive");
     t.wait_for("alive", SCREEN, |s| has_line(s, "alive"));
+    t.wait_prompt("guest$", SCREEN);
 
-    // Ctrl-D ends cat, not the shell.
+    // Ctrl-D ends cat, not the shell. (Keys typed before cat runs would
+    // arrive while the shell's line editor has echo off: wait for it.)
     t.line("cat");
+    wait_guest_command(home, name, "cat");
     t.line("abc123");
     t.wait_for("abc123 twice", SCREEN, |s| {
         s.lines().filter(|l| l.trim_end() == "abc123").count() == 2
@@ -181,13 +208,7 @@ fn without_a_terminal(home: &Path, name: &str) {
 /// restores the terminal, exits 143 and leaves no machine and no VMM.
 fn transient_exec_it_and_sigterm(t: &Tmux, home: &Path) {
     t.launch("exec -it -- sh -c 'tty; exec sleep 1000'");
-    t.wait_for("a /dev/pts/N line", BOOT, |s| {
-        s.lines().any(|l| {
-            l.trim_end()
-                .strip_prefix("/dev/pts/")
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-    });
+    t.wait_for("a /dev/pts/N line", BOOT, |s| pts(s).is_some());
     let pid = t.mvm_pid();
     let dir = instance_supervised_by(home, pid as u32).expect("no instance owned by the mvm exec");
     assert!(!vmms_under(&dir).is_empty(), "no VMM of the transient machine");
@@ -196,6 +217,26 @@ fn transient_exec_it_and_sigterm(t: &Tmux, home: &Path) {
     t.assert_restored();
     assert!(!dir.exists(), "left behind: {}", dir.display());
     assert!(vmms_under(&dir).is_empty(), "VMM left behind");
+}
+
+/// Wait until `ps` in the guest lists a process whose command line is
+/// `command`.
+fn wait_guest_command(home: &Path, name: &str, command: &str) {
+    let running = wait_until(SCREEN, || {
+        guest(home, name, &["ps"])
+            .lines()
+            .any(|l| l.trim_end().ends_with(&format!(" {command}")))
+    });
+    assert!(running, "no `{command}` in the guest");
+}
+
+/// The `/dev/pts/N` line on the screen.
+fn pts(screen: &str) -> Option<String> {
+    screen.lines().find_map(|l| {
+        let l = l.trim_end();
+        let n = l.strip_prefix("/dev/pts/")?;
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| l.to_owned())
+    })
 }
 
 /// `mvm exec NAME -- ARGV` (no terminal), its stdout.

@@ -4,6 +4,7 @@
 
 mod cli_basics;
 mod common;
+mod completion;
 mod e2e_data;
 mod e2e_firecracker;
 mod e2e_machines;
