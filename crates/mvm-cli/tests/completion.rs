@@ -123,5 +123,9 @@ fn names_are_listed_without_side_effects() {
     let missing = h.path().join("not-yet");
     assert!(complete(&missing, &["mvm", "rm", ""]).is_empty());
     assert!(complete(&missing, &["mvm", "run", ""]).is_empty());
-    assert!(!missing.exists(), "completion created {}", missing.display());
+    assert!(
+        !missing.exists(),
+        "completion created {}",
+        missing.display()
+    );
 }

@@ -30,7 +30,10 @@ fn terminals_in_running_and_transient_machines() {
         home,
         name: name.clone(),
     };
-    let out = mvm_std(home).args(["run", "--name", &name]).output().unwrap();
+    let out = mvm_std(home)
+        .args(["run", "--name", &name])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "mvm run: {}",
@@ -44,6 +47,7 @@ fn terminals_in_running_and_transient_machines() {
     shell_and_vi(&t, &name);
     without_a_terminal(home, &name);
     transient_exec_it_and_sigterm(&t, home);
+    vmm_death(&t, home, &name);
 }
 
 /// Tab completion offers the running machine and the image.
@@ -166,7 +170,10 @@ fn shell_and_vi(t: &Tmux, name: &str) {
     t.wait_prompt(&prompt, SCREEN);
     t.line("cat /tmp/x");
     t.wait_for("the file vi wrote", SCREEN, |s| {
-        s.lines().filter(|l| l.trim_end() == "hello from vi").count() == 1
+        s.lines()
+            .filter(|l| l.trim_end() == "hello from vi")
+            .count()
+            == 1
             && s.lines().any(|l| l.ends_with("cat /tmp/x"))
     });
     t.line("exit");
@@ -211,7 +218,10 @@ fn transient_exec_it_and_sigterm(t: &Tmux, home: &Path) {
     t.wait_for("a /dev/pts/N line", BOOT, |s| pts(s).is_some());
     let pid = t.mvm_pid();
     let dir = instance_supervised_by(home, pid as u32).expect("no instance owned by the mvm exec");
-    assert!(!vmms_under(&dir).is_empty(), "no VMM of the transient machine");
+    assert!(
+        !vmms_under(&dir).is_empty(),
+        "no VMM of the transient machine"
+    );
     kill(pid, rustix::process::Signal::TERM);
     t.wait_for("EXIT=143", SCREEN, |s| exited(s, 143));
     t.assert_restored();
@@ -237,6 +247,22 @@ fn pts(screen: &str) -> Option<String> {
         let n = l.strip_prefix("/dev/pts/")?;
         (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| l.to_owned())
     })
+}
+
+/// The machine's VMM dies under `exec -it`: 125 with the reason, the
+/// terminal restored. (Last: the machine is gone afterwards.)
+fn vmm_death(t: &Tmux, home: &Path, name: &str) {
+    t.launch(&format!("exec -it -e 'PS1=guest$ ' {name} -- sh"));
+    t.wait_prompt("guest$", SCREEN);
+    let out = mvm_std(home).args(["inspect", name]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vmm = v["vmm_pid"].as_i64().expect("no VMM pid") as i32;
+    kill(vmm, rustix::process::Signal::KILL);
+    let s = t.wait_for("EXIT=125", SCREEN, |s| exited(s, 125));
+    assert!(s.contains("connection to the agent lost"), "{s}");
+    // The guest's prompt line was ended before mvm's message.
+    assert!(s.lines().any(|l| l.starts_with("mvm: error:")), "{s}");
+    t.assert_restored();
 }
 
 /// `mvm exec NAME -- ARGV` (no terminal), its stdout.
@@ -385,7 +411,10 @@ impl Tmux {
         };
         let after = settings("after");
         let before = settings("before");
-        assert!(before.contains(" icanon") && before.contains(" echo "), "{before}");
+        assert!(
+            before.contains(" icanon") && before.contains(" echo "),
+            "{before}"
+        );
         assert_eq!(before, after, "the host terminal was not restored");
         for f in ["before", "after"] {
             let _ = fs_err::remove_file(self.dir.path().join(f));

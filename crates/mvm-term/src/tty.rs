@@ -197,9 +197,15 @@ pub async fn run_tty(
     if let Some(t) = typing {
         t.abort();
     }
-    let cut_short = !matches!(result, Ok(TtyOutcome::Exited(_)) | Err(TermError::Output(_)));
+    let cut_short = !matches!(
+        result,
+        Ok(TtyOutcome::Exited(_)) | Err(TermError::Output(_))
+    );
     if cut_short && last.is_some_and(|b| b != b'\n') {
-        let _ = term.output.write_all(b"\r\n").and_then(|()| term.output.flush());
+        let _ = term
+            .output
+            .write_all(b"\r\n")
+            .and_then(|()| term.output.flush());
     }
     drop(input);
     // Not exited: this sends `Cancel`; make sure it leaves before we return
