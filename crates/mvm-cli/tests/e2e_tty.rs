@@ -339,11 +339,8 @@ struct Tmux {
 impl Tmux {
     fn start(home: &Path) -> Tmux {
         let dir = tempfile::tempdir().unwrap();
-        let socket = format!(
-            "mvm-e2e-tty-{}-{}",
-            std::process::id(),
-            dir.path().file_name().unwrap().to_string_lossy()
-        );
+        // In the test's own directory: private, and gone with it.
+        let socket = dir.path().join("tmux.sock").display().to_string();
         let t = Tmux { socket, dir };
         let home = format!("MVM_HOME={}", home.display());
         t.run(&[
@@ -369,7 +366,7 @@ impl Tmux {
 
     fn run(&self, args: &[&str]) -> String {
         let o = Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(["-S", &self.socket, "-f", "/dev/null"])
             .args(args)
             .output()
             .unwrap();
@@ -499,7 +496,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .args(["-S", &self.socket, "kill-server"])
             .output();
     }
 }
