@@ -143,31 +143,18 @@ fn leaks_into_nested_cargo(key: &str) -> bool {
 /// A 64-bit little-endian x86_64 ELF without a `PT_INTERP` program header
 /// (a static or static-pie executable needs no dynamic loader in the guest).
 fn check_static_elf(b: &[u8]) -> Result<(), String> {
-    if b.len() < 64 || &b[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if b[4] != 2 || b[5] != 1 {
+    let elf = goblin::elf::Elf::parse(b).map_err(|e| format!("not an ELF file: {e}"))?;
+    if !elf.is_64 || !elf.little_endian {
         return Err("not a 64-bit little-endian ELF".into());
     }
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    if u16_at(18) != 62 {
-        return Err(format!("e_machine is {}, not x86_64 (62)", u16_at(18)));
+    if elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(format!(
+            "e_machine is {}, not x86_64 (62)",
+            elf.header.e_machine
+        ));
     }
-    let phoff = usize::try_from(u64_at(32)).map_err(|_| "bad e_phoff")?;
-    let phentsize = usize::from(u16_at(54));
-    let phnum = usize::from(u16_at(56));
-    for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > b.len() {
-            return Err("program headers run past the end".into());
-        }
-        let p_type = u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-        if p_type == 3 {
-            return Err(
-                "it is dynamically linked (has PT_INTERP); crt-static did not apply".into(),
-            );
-        }
+    if elf.interpreter.is_some() {
+        return Err("it is dynamically linked (has PT_INTERP); crt-static did not apply".into());
     }
     Ok(())
 }

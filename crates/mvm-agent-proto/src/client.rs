@@ -344,6 +344,26 @@ impl AgentClient {
         }
     }
 
+    /// (v2) Make a restored clone a distinct machine (see
+    /// [`crate::identity`]). Fails with [`ClientError::Unsupported`] if the
+    /// agent speaks only version 1.
+    pub async fn reidentify(
+        &self,
+        req: crate::identity::ReidentifyRequest,
+    ) -> Result<crate::identity::ReidentifyReport, ClientError> {
+        self.require(
+            crate::identity::REIDENTIFY_MIN_VERSION,
+            "reidentifying a restored clone",
+        )?;
+        match self.call(Request::Reidentify(req), "reidentify").await? {
+            Response::Reidentified(r) => Ok(r),
+            _ => Err(ClientError::Unexpected {
+                what: "reidentify",
+                kind: 3,
+            }),
+        }
+    }
+
     /// Start a command. Dropping the returned session before its exit
     /// cancels it (the agent SIGKILLs its process group). With `req.tty`
     /// the agent must speak version 2 ([`ClientError::Unsupported`]

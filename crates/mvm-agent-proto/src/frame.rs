@@ -104,6 +104,21 @@ impl Message {
         fn json<T: serde::de::DeserializeOwned>(kind: u8, p: &[u8]) -> Result<T, ProtoError> {
             serde_json::from_slice(p).map_err(|source| ProtoError::BadPayload { kind, source })
         }
+        /// A request, or [`Request::Unknown`] for well-formed JSON naming a
+        /// request this side does not know (externally tagged: `"Name"` or
+        /// `{"Name": {...}}`).
+        fn request(p: &[u8]) -> Result<Request, ProtoError> {
+            json::<Request>(2, p).or_else(|e| {
+                let name = match serde_json::from_slice::<serde_json::Value>(p) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(serde_json::Value::Object(o)) if o.len() == 1 => {
+                        o.keys().next().cloned().unwrap_or_default()
+                    }
+                    _ => return Err(e),
+                };
+                Ok(Request::Unknown(name.chars().take(64).collect()))
+            })
+        }
         fn data(kind: u8, p: Bytes) -> Result<Bytes, ProtoError> {
             if p.len() > DATA_CHUNK_MAX {
                 return Err(ProtoError::DataTooLarge { kind, len: p.len() });
@@ -123,7 +138,7 @@ impl Message {
         }
         Ok(match kind {
             1 => Message::Hello(json(kind, &payload)?),
-            2 => Message::Request(json(kind, &payload)?),
+            2 => Message::Request(request(&payload)?),
             3 => Message::Response(json(kind, &payload)?),
             4 => Message::Stdin(data(kind, payload)?),
             5 => empty(kind, &payload, Message::StdinEof)?,
@@ -162,6 +177,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         let json_err = |source| ProtoError::BadPayload { kind, source };
         match &frame.message {
             Message::Hello(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
+            // An unknown request travels on (the multiplexer forwards it) as
+            // its bare name, which decodes as unknown again.
+            Message::Request(Request::Unknown(name)) => {
+                serde_json::to_writer(&mut *out, name).map_err(json_err)?
+            }
             Message::Request(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
             Message::Response(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,
             Message::Exit(m) => serde_json::to_writer(&mut *out, m).map_err(json_err)?,

@@ -13,8 +13,10 @@ use crate::message::{ErrorKind, ErrorMsg, Hello, Role};
 /// The highest protocol version this crate speaks.
 ///
 /// - 1: exec, files, ping/info, shutdown.
-/// - 2: terminals (`ExecRequest::tty`, `Resize`); an agent answers a request
-///   it cannot decode with `Error(InvalidRequest)` on that session.
+/// - 2: terminals (`ExecRequest::tty`, `Resize`), clones re-identified after
+///   a restore (`Reidentify`), a second `Hello` restarting a live stream; an
+///   agent answers a request it cannot decode with `Error(InvalidRequest)`
+///   on that session.
 ///
 /// A feature of version N is used only when the negotiated version is >= N
 /// (see `AgentClient::require`); otherwise the host fails with an error that

@@ -46,6 +46,13 @@
 //! cannot tell when the host end of a virtio-serial port connects; the host's
 //! `Hello` waits in the port until the agent reads it.
 //!
+//! A `Hello` on session 0 *after* the handshake means the host end was
+//! replaced without the guest seeing a disconnect — a VM restored from a
+//! snapshot resumes in the middle of the template's connection, and its
+//! new VMM's host opens with a fresh `Hello`. The agent then cancels every
+//! session of the old connection, answers with its `Hello`, and serves the
+//! new host on the same stream.
+//!
 //! # Sessions
 //!
 //! The host opens a session by sending a [`Request`] on an unused non-zero id:
@@ -79,6 +86,8 @@
 //!   the agent answers `Response::Done` or `Error`.
 //! - `ReadFile { path }` → `Response::FileMeta`, `Data` chunks, `DataEnd`; or
 //!   `Error`.
+//! - (v2) `Reidentify` → `Response::Reidentified` or `Error`
+//!   (see [`identity`]).
 //!
 //! `Cancel` makes the agent kill the session's process group (SIGKILL), stop
 //! any transfer and forget the session; it sends nothing more for it.
@@ -99,6 +108,7 @@
 //! - [`message`]: the typed payloads (serde JSON).
 //! - [`decoder`]: the sans-IO [`FrameDecoder`] and [`ProtoError`].
 //! - [`handshake`]: version negotiation (plus async helpers with `tokio`).
+//! - [`identity`]: (v2) making a clone restored from a snapshot distinct.
 //! - with feature `tokio`: [`io`] (async frame reader/writer), [`flow`]
 //!   (credit), [`client`] ([`client::AgentClient`]) and [`mux`] (the host
 //!   multiplexer run by the per-VM supervisor).
@@ -107,6 +117,7 @@
 pub mod decoder;
 pub mod frame;
 pub mod handshake;
+pub mod identity;
 pub mod message;
 
 #[cfg(feature = "tokio")]

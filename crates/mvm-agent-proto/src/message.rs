@@ -85,6 +85,16 @@ pub enum Request {
         /// Absolute guest path.
         path: String,
     },
+    /// (v2) Make a restored clone a distinct machine; answered by
+    /// [`Response::Reidentified`]. See [`crate::identity`].
+    Reidentify(crate::identity::ReidentifyRequest),
+    /// What the decoder makes of a well-formed request it does not know (a
+    /// newer peer's), so that the agent can answer
+    /// `Error(InvalidRequest, "unknown request ...")` on that session
+    /// instead of dropping the connection. Holds the request's name; it is
+    /// encoded as that bare name (so a multiplexer can forward it).
+    #[serde(skip)]
+    Unknown(String),
 }
 
 impl Request {
@@ -133,6 +143,8 @@ pub enum Response {
     Done,
     /// Start of a `ReadFile` answer.
     FileMeta(FileMeta),
+    /// (v2) Answer to `Reidentify`.
+    Reidentified(crate::identity::ReidentifyReport),
 }
 
 /// How a command ended.

@@ -78,6 +78,45 @@ impl<S> GuestLink<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> GuestLink<S> {
+    /// Before [`serve`]: send `req` on `session` and return the session's
+    /// final frame (a `Response` or an `Error`), by `deadline`. For the
+    /// supervisor's own requests on a fresh link (e.g. `Reidentify` of a
+    /// restored clone before any client is served); frames of other
+    /// sessions are skipped.
+    pub async fn call(
+        &mut self,
+        session: u32,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Message, MuxError> {
+        let lost = |reason: String| MuxError::GuestLost { reason };
+        let fut = async {
+            crate::io::write_frame(
+                &mut self.writer,
+                &Frame::new(session, Message::Request(req)),
+            )
+            .await
+            .map_err(|e| lost(crate::error_chain(&e)))?;
+            loop {
+                match self.reader.read_frame().await {
+                    Ok(Some(f)) if f.session == session => return Ok(f.message),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(lost("end of stream".into())),
+                    Err(e) => return Err(lost(crate::error_chain(&e))),
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline.into(), fut)
+            .await
+            .map_err(|_| {
+                lost(format!(
+                    "no answer on session {session} before the deadline"
+                ))
+            })?
+    }
+}
+
 /// Handshake with the guest agent (as host) before `deadline`.
 pub async fn wait_guest_ready<S>(stream: S, deadline: Instant) -> Result<GuestLink<S>, MuxError>
 where

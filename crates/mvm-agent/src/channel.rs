@@ -204,7 +204,13 @@ pub fn vsock_listener() -> nix::Result<AsyncFd<OwnedFd>> {
 }
 
 /// Accept vsock connections forever; each is an independent stream.
-pub async fn serve_vsock(listener: AsyncFd<OwnedFd>, ctx: Ctx) {
+///
+/// Firecracker resets every vsock *connection* when it snapshots (the
+/// guest driver gets `TRANSPORT_RESET`); the listening socket survives and
+/// accepts the new host of a restored clone. Should accepting fail anyway,
+/// the listener is closed and created again (bounded backoff) rather than
+/// left broken.
+pub async fn serve_vsock(mut listener: AsyncFd<OwnedFd>, ctx: Ctx) {
     loop {
         let accepted = listener
             .async_io(tokio::io::Interest::READABLE, |fd| {
@@ -218,8 +224,9 @@ pub async fn serve_vsock(listener: AsyncFd<OwnedFd>, ctx: Ctx) {
         let raw = match accepted {
             Ok(raw) => raw,
             Err(e) => {
-                crate::log!("vsock accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::log!("vsock accept failed: {e}; listening again");
+                drop(listener);
+                listener = relisten().await;
                 continue;
             }
         };
@@ -236,6 +243,22 @@ pub async fn serve_vsock(listener: AsyncFd<OwnedFd>, ctx: Ctx) {
                 Err(e) => crate::log!("cannot register a vsock connection: {e}"),
             }
         });
+    }
+}
+
+/// A new vsock listener, retrying with a bounded backoff until it works.
+async fn relisten() -> AsyncFd<OwnedFd> {
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match vsock_listener() {
+            Ok(l) => {
+                crate::log!("listening on vsock port {VSOCK_PORT} again");
+                return l;
+            }
+            Err(e) => crate::log!("vsock listen failed: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -24,6 +24,7 @@ mod channel;
 mod cmdline;
 mod exec;
 mod files;
+mod identity;
 mod init;
 mod log;
 mod modules;

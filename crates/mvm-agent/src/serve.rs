@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use mvm_agent_proto::flow::Credit;
 use mvm_agent_proto::handshake::{self, HandshakeError};
 use mvm_agent_proto::io::{FrameReader, FrameSender, StreamError, spawn_writer};
-use mvm_agent_proto::{AgentInfo, ErrorKind, ErrorMsg, Frame, Message, Request, Response, Role};
+use mvm_agent_proto::{
+    AgentInfo, ErrorKind, ErrorMsg, Frame, Hello, Message, Request, Response, Role,
+};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -139,6 +141,10 @@ where
     let table: Table = Arc::default();
     let result = loop {
         match reader.read_frame().await {
+            Ok(Some(Frame {
+                session: 0,
+                message: Message::Hello(peer),
+            })) => rehandshake(&table, &out, &ours, peer).await,
             Ok(Some(f)) => dispatch(&ctx, &table, &out, f).await,
             Ok(None) => break Ok(()),
             Err(e) if matches!(e.undecodable(), Some((sid, _)) if sid != 0) => {
@@ -193,6 +199,33 @@ where
         writer.abort();
     }
     result
+}
+
+/// A `Hello` after the handshake: the host end was replaced without the
+/// guest seeing a disconnect (a VM restored from a snapshot resumes inside
+/// the template's connection). Forget the old host's sessions, answer with
+/// our `Hello`, and serve the new host on the same stream.
+async fn rehandshake(table: &Table, out: &FrameSender, ours: &Hello, peer: Hello) {
+    let sessions: Vec<Ctl> = lock(table).drain().map(|(_, c)| c).collect();
+    let n = sessions.len();
+    for c in sessions {
+        c.cancel();
+    }
+    match handshake::negotiate(ours, &peer) {
+        Ok(v) => {
+            crate::log!(
+                "new host {:?} on the same stream (protocol {v}); {n} old sessions cancelled",
+                peer.software
+            );
+            out.send(Frame::new(0, Message::Hello(ours.clone())));
+        }
+        Err(e) => {
+            crate::log!("new host refused: {}", e.message);
+            out.send(Frame::new(0, Message::Hello(ours.clone())));
+            out.send(Frame::new(0, Message::Error(e)));
+        }
+    }
+    out.flush().await;
 }
 
 async fn dispatch(ctx: &Ctx, table: &Table, out: &FrameSender, f: Frame) {
@@ -324,6 +357,34 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
                     pty: Some(master),
                 },
             );
+        }
+        Request::Unknown(name) => reply(Message::Error(ErrorMsg::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "unknown request {name:?} (or one this agent cannot parse): mvm-agent {} speaks protocol versions {}..={} (rebuild the image to update its agent)",
+                env!("CARGO_PKG_VERSION"),
+                mvm_agent_proto::MIN_PROTOCOL_VERSION,
+                mvm_agent_proto::PROTOCOL_VERSION
+            ),
+        ))),
+        Request::Reidentify(req) => {
+            let pid1 = ctx.pid1;
+            let r = tokio::task::spawn_blocking(move || {
+                crate::identity::Target::current(pid1)
+                    .and_then(|t| crate::identity::reidentify(&req, &t))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("reidentify task failed: {e}")));
+            match r {
+                Ok(report) => reply(Message::Response(Response::Reidentified(report))),
+                Err(e) => {
+                    crate::log!("reidentify failed: {e}");
+                    reply(Message::Error(ErrorMsg::new(
+                        ErrorKind::Other,
+                        format!("reidentify: {e}"),
+                    )))
+                }
+            }
         }
         Request::Exec(req) => {
             let sp = match exec::spawn(&ctx.reaper, &req) {

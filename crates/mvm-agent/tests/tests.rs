@@ -4,6 +4,7 @@
 mod common;
 mod exec;
 mod files;
+mod identity;
 mod mux;
 mod protocol;
 mod pty;

@@ -61,9 +61,10 @@ pub fn images() -> Vec<CompletionCandidate> {
 }
 
 /// Templates: the names in the template store (`$MVM_HOME/templates`; its
-/// hidden entries are the store's own files).
+/// hidden entries are the store's own files). Read directly:
+/// `mvm_template::Store::open` would create the store.
 pub fn templates() -> Vec<CompletionCandidate> {
-    let dir = MvmHome::from_env().root().join("templates");
+    let dir = MvmHome::from_env().templates_dir();
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -2,6 +2,8 @@
 
 use predicates::prelude::*;
 
+use std::time::Duration;
+
 use crate::common::{empty_home, mvm};
 
 #[test]
@@ -88,4 +90,60 @@ fn doctor_reports_the_auto_backend() {
             .iter()
             .any(|c| c["name"] == "kvm")
     );
+}
+
+#[test]
+fn doctor_reports_and_gc_stops_processes_of_no_machine() {
+    let home = empty_home();
+    let instances = home.path().join("instances");
+    fs_err::create_dir_all(&instances).unwrap();
+    // A process tagged for a machine of this home that does not exist (as a
+    // supervisor or VMM whose record was removed under it would be).
+    let ghost = mvm_core::InstanceDir::new(instances.join("ghost"));
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("300")
+        .env(
+            mvm_core::env::MVM_MACHINE_TAG,
+            mvm_core::process::machine_tag(&ghost, "0123456789abcdef"),
+        )
+        .spawn()
+        .unwrap();
+    let pid = orphan.id();
+    // Its environment is readable once exec has finished.
+    assert!(crate::common::wait_until(Duration::from_secs(5), || {
+        !mvm_core::process::find_tagged(&instances).is_empty()
+    }));
+    let out = mvm(home.path())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let leftovers = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "leftovers")
+        .unwrap();
+    assert_eq!(leftovers["ok"], false, "{leftovers}");
+    assert!(
+        leftovers["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&pid.to_string()),
+        "{leftovers}"
+    );
+    let out = mvm(home.path()).arg("gc").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("process {pid}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let status = orphan.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    // An unrelated process with no tag is never touched.
+    assert!(mvm_core::process::find_tagged(&instances).is_empty());
 }

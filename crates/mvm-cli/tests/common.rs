@@ -192,3 +192,42 @@ pub fn curl_get(socket: &Path, path: &str) -> Option<serde_json::Value> {
     );
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
+
+/// A fresh home of its own for a test that boots guests, sharing the
+/// built image and kernel cache of [`e2e_home`] (call [`ensure_image`]
+/// first).
+pub fn own_home(prefix: &str) -> tempfile::TempDir {
+    let own = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    for shared in ["images", "cache"] {
+        std::os::unix::fs::symlink(e2e_home().join(shared), own.path().join(shared)).unwrap();
+    }
+    own
+}
+
+/// Live processes mvm spawned for machines of `home` (supervisors, VMMs),
+/// found by their machine tag.
+pub fn tagged_processes(home: &Path) -> Vec<mvm_core::process::TaggedProcess> {
+    mvm_core::process::find_tagged(&home.join("instances"))
+}
+
+/// Instance directories of `home` (including hidden staging ones).
+pub fn instance_dirs(home: &Path) -> Vec<PathBuf> {
+    match fs_err::read_dir(home.join("instances")) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Nothing of `home` runs or remains: no tagged process, no VMM under its
+/// instances, no instance directory.
+pub fn assert_nothing_left(home: &Path, what: &str) {
+    let procs = tagged_processes(home);
+    assert!(procs.is_empty(), "{what}: processes left: {procs:?}");
+    let vmms = vmms_under(&home.join("instances"));
+    assert!(vmms.is_empty(), "{what}: VMMs left: {vmms:?}");
+    let dirs = instance_dirs(home);
+    assert!(
+        dirs.is_empty(),
+        "{what}: instance directories left: {dirs:?}"
+    );
+}

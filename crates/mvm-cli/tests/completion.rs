@@ -113,6 +113,14 @@ fn names_are_listed_without_side_effects() {
     assert!(!complete(h.path(), &["mvm", "exec", ""]).contains(&"half".to_owned()));
     assert!(!complete(h.path(), &["mvm", "cp", "ha"]).contains(&"half:".to_owned()));
     assert!(complete(h.path(), &["mvm", "run", ""]).is_empty());
+    // Templates: the store's names, not its own hidden files.
+    let templates = home.templates_dir();
+    fs_err::create_dir_all(templates.join(".store/abc")).unwrap();
+    std::os::unix::fs::symlink(".store/abc", templates.join("web-tpl")).unwrap();
+    assert_eq!(
+        complete(h.path(), &["mvm", "shell", "--template", ""]),
+        ["web-tpl"]
+    );
     // Untouched by completion ...
     assert_eq!(fs_err::read(dir.record()).unwrap(), record);
     // ... and recovered by the next ordinary command (so the check above

@@ -10,13 +10,18 @@ use std::time::Duration;
 use crate::common::{can_boot, e2e_home, ensure_image, wait_until};
 
 /// A network namespace, deleted on drop (with everything in it).
-struct NetNs {
-    name: String,
+pub(crate) struct NetNs {
+    pub(crate) name: String,
 }
 
 impl NetNs {
-    fn new() -> Self {
-        let name = format!("mvmt-{}", std::process::id());
+    pub(crate) fn new() -> Self {
+        Self::named(&format!("mvmt-{}", std::process::id()))
+    }
+
+    /// A namespace named `name` (unique per test).
+    pub(crate) fn named(name: &str) -> Self {
+        let name = name.to_owned();
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -28,13 +33,13 @@ impl NetNs {
     }
 
     /// A command run inside the namespace.
-    fn cmd(&self, argv: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).args(argv);
         c
     }
 
-    fn run(&self, argv: &[&str]) -> String {
+    pub(crate) fn run(&self, argv: &[&str]) -> String {
         let out = self.cmd(argv).output().unwrap();
         assert!(
             out.status.success(),
@@ -45,7 +50,7 @@ impl NetNs {
     }
 
     /// `mvm` inside the namespace, with NAT networking.
-    fn mvm(&self, home: &Path, args: &[&str]) -> std::process::Output {
+    pub(crate) fn mvm(&self, home: &Path, args: &[&str]) -> std::process::Output {
         let mut c = self.cmd(&[assert_cmd::cargo::cargo_bin("mvm").to_str().unwrap()]);
         c.args(args)
             .env("MVM_HOME", home)
@@ -54,7 +59,7 @@ impl NetNs {
         c.output().unwrap()
     }
 
-    fn mvm_ok(&self, home: &Path, args: &[&str]) -> String {
+    pub(crate) fn mvm_ok(&self, home: &Path, args: &[&str]) -> String {
         let out = self.mvm(home, args);
         assert!(
             out.status.success(),
@@ -73,7 +78,7 @@ impl Drop for NetNs {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 

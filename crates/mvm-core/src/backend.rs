@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
 use crate::paths::InstanceDir;
+use crate::snapshot::{MemoryBacking, RestoreInfo, SnapshotDir, SnapshotError, SnapshotInfo};
 
 /// A hypervisor backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -188,6 +189,12 @@ impl BackendError {
         self
     }
 
+    /// The [`SnapshotError`] behind this error, if a snapshot was the
+    /// problem (a caller falls back to a cold boot on these).
+    pub fn snapshot_error(&self) -> Option<&SnapshotError> {
+        self.source.as_deref()?.downcast_ref::<SnapshotError>()
+    }
+
     /// Attach the last lines of the VMM log and guest console of `dir`.
     pub fn with_logs(mut self, dir: &InstanceDir) -> Self {
         self.vmm_log_tail = tail_lines(&dir.vmm_log(), 20);
@@ -221,6 +228,22 @@ pub struct RunningVmm {
     pub guest: Option<UnixStream>,
 }
 
+/// A VMM restored from a snapshot by [`VmBackend::restore`].
+#[derive(Debug)]
+pub struct RestoredVmm {
+    /// The VMM, running the restored guest.
+    pub vmm: RunningVmm,
+    /// How long each step took.
+    pub info: RestoreInfo,
+}
+
+fn unsupported(kind: BackendKind, what: &str) -> BackendError {
+    BackendError::new(
+        kind,
+        format!("{what} is not supported by the {kind} backend"),
+    )
+}
+
 /// A hypervisor backend. Implemented by `mvm-qemu` and `mvm-firecracker`.
 pub trait VmBackend: Send + Sync {
     /// Which backend this is.
@@ -239,6 +262,61 @@ pub trait VmBackend: Send + Sync {
         dir: &InstanceDir,
         deadline: Instant,
     ) -> impl Future<Output = Result<RunningVmm, BackendError>> + Send;
+
+    /// [`VmBackend::launch`] with guest RAM backed as `memory` says (a
+    /// machine that will become a template runs on a shared memory file, so
+    /// that its snapshot needs no copy of the RAM). The default supports
+    /// only [`MemoryBacking::Anonymous`].
+    fn launch_with_memory(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        memory: &MemoryBacking,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<RunningVmm, BackendError>> + Send {
+        async move {
+            match memory {
+                MemoryBacking::Anonymous => self.launch(spec, dir, deadline).await,
+                MemoryBacking::SharedFile(_) => {
+                    Err(unsupported(self.kind(), "file-backed guest memory"))
+                }
+            }
+        }
+    }
+
+    /// Snapshot the running VM of `dir`, launched from `spec`, into `dest`
+    /// (an existing empty directory): pause the vCPUs, save device state
+    /// and memory, make the files durable, write the metadata last. The VM
+    /// is left **paused**; resume it (if [`SnapshotInfo::may_resume`]) or
+    /// stop its VMM.
+    fn snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        dest: &SnapshotDir,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<SnapshotInfo, BackendError>> + Send {
+        let _ = (spec, dir, dest, deadline);
+        async move { Err(unsupported(self.kind(), "snapshotting")) }
+    }
+
+    /// Start a VMM for `spec` in `dir` from the snapshot `from` instead of
+    /// booting: check the snapshot fits (a [`SnapshotError`] otherwise,
+    /// before anything is spawned), spawn, load, resume. `spec` must have
+    /// the snapshot's shape (vCPUs, memory, drives in order, network or
+    /// not); its drive *files* and TAP may differ (the clone's own). The
+    /// snapshot's files are never written. On error nothing is left
+    /// running.
+    fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        from: &SnapshotDir,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<RestoredVmm, BackendError>> + Send {
+        let _ = (spec, dir, from, deadline);
+        async move { Err(unsupported(self.kind(), "restoring a snapshot")) }
+    }
 
     /// Open a new byte stream to the guest agent (retrying until the guest
     /// listens, up to `deadline`).

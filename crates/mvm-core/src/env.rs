@@ -45,6 +45,8 @@ pub const MVM_SKIP_LOG: &str = "MVM_SKIP_LOG";
 /// Tests: a fault to inject, `POINT=ACTION` (only in builds with the
 /// `fault-injection` feature of `mvm-runtime`, which only tests enable).
 pub const MVM_FAULT: &str = "MVM_FAULT";
+/// Tests: a file the fault point appends its name to when reached.
+pub const MVM_FAULT_REACHED: &str = "MVM_FAULT_REACHED";
 /// Build: a prebuilt guest agent to embed instead of compiling one.
 pub const MVM_AGENT_PREBUILT: &str = "MVM_AGENT_PREBUILT";
 
@@ -78,6 +80,7 @@ pub const ALL: &[&str] = &[
     MVM_TIMINGS_FILE,
     MVM_SKIP_LOG,
     MVM_FAULT,
+    MVM_FAULT_REACHED,
     MVM_AGENT_PREBUILT,
     MVM_MACHINE_TAG,
     MVM_OWNER_FD,

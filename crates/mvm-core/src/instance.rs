@@ -428,6 +428,18 @@ impl InstanceRecord {
     pub fn observe(&self, owner_alive: bool) -> Observed {
         let vmm_alive = self.vmm.is_some_and(|p| p.is_alive());
         if owner_alive {
+            // The VMM just died and its owner is about to notice: say so
+            // rather than "running".
+            if matches!(self.status, Status::Running | Status::Paused)
+                && self.vmm.is_some()
+                && !vmm_alive
+            {
+                return Observed {
+                    status: Status::Stopping,
+                    note: Some("its VMM exited; the supervisor is tearing it down".into()),
+                    needs_recovery: false,
+                };
+            }
             return Observed {
                 status: self.status,
                 note: None,
@@ -509,6 +521,15 @@ mod tests {
             let o = rec(s).observe(true);
             assert_eq!((o.status, o.needs_recovery), (s, false));
         }
+    }
+
+    #[test]
+    fn a_dead_vmm_under_a_live_owner_shows_as_stopping() {
+        let mut r = rec(Status::Running);
+        r.vmm = Some(dead());
+        assert_eq!(r.observe(true).status, Status::Stopping);
+        r.vmm = Some(ProcessIdentity::current());
+        assert_eq!(r.observe(true).status, Status::Running);
     }
 
     #[test]

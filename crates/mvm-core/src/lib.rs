@@ -11,6 +11,7 @@
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
 //! - [`tools`]: every external program mvm runs, and the one way to run it.
 //! - [`env`]: every `MVM_*` environment variable, named once.
+//! - [`snapshot`]: the files of a VM snapshot, their metadata and checks.
 #![warn(missing_docs)]
 
 pub mod atomic;
@@ -23,6 +24,7 @@ pub mod name;
 pub mod paths;
 pub mod process;
 pub mod registry;
+pub mod snapshot;
 pub mod testing;
 pub mod tools;
 

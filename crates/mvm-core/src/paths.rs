@@ -10,6 +10,7 @@
 //!   images/tags/<name>      tag -> digest
 //!   volumes/<name>.ext4     named volumes
 //!   instances/<name>/       one directory per machine (see InstanceDir)
+//!   templates/              templates (layout in the `mvm-template` crate)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,11 @@ impl MvmHome {
     /// Named volumes.
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
+    }
+    /// Templates (image + snapshot of a booted machine); the layout inside
+    /// belongs to the `mvm-template` crate.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join("templates")
     }
     /// All instance directories.
     pub fn instances_dir(&self) -> PathBuf {

@@ -180,7 +180,9 @@ pub struct TaggedProcess {
 
 /// Every live process whose machine tag names an instance directory under
 /// `instances_dir`. Reads `/proc/<pid>/environ`, which needs root for other
-/// users' processes; processes that cannot be read are skipped.
+/// users' processes; processes that cannot be read are skipped, and so is a
+/// process in the middle of `exec` (its environment is not there yet) —
+/// callers use this to find leftovers, which are never that young.
 pub fn find_tagged(instances_dir: &std::path::Path) -> Vec<TaggedProcess> {
     let prefix = format!("{}=", crate::env::MVM_MACHINE_TAG);
     let mut out = Vec::new();
@@ -299,7 +301,16 @@ mod tests {
             .env(crate::env::MVM_MACHINE_TAG, machine_tag(&dir, "abc"))
             .spawn()
             .unwrap();
-        let found = find_tagged(&home.instances_dir());
+        // The kernel fills in a new program's environment a moment after
+        // the spawning parent resumes: look until it is there (deadline).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let found = find_tagged(&home.instances_dir());
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::yield_now();
+        };
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].process.pid, child.id());
         assert_eq!(found[0].record_id, "abc");

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The config drive's ext4 label.
 pub const CONFIG_LABEL: &str = "mvm-config";
@@ -290,11 +289,13 @@ fn build_with(
         image: dest.into(),
         source,
     };
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(mkfs_args(src_dir, tmp.path(), label, size_mib, read_only));
-    tool::run(cmd, tool::deadline_for(size_bytes))
-        .and_then(|o| o.check("mkfs.ext4"))
-        .map_err(tool_err)?;
+    tool::run(
+        &mvm_core::tools::MKFS_EXT4,
+        mkfs_args(src_dir, tmp.path(), label, size_mib, read_only),
+        tool::deadline_for(size_bytes),
+    )
+    .and_then(|o| o.check("mkfs.ext4"))
+    .map_err(tool_err)?;
     if !root_owned.is_empty() {
         force_root_owner(tmp.path(), root_owned).map_err(tool_err)?;
     }
@@ -319,7 +320,7 @@ fn build_with(
 /// Set uid and gid 0 on `paths` (absolute in-image paths made of
 /// [`is_secret_key`]-safe names) inside `image` with `debugfs -w`.
 fn force_root_owner(image: &Path, paths: &[&str]) -> Result<(), ToolError> {
-    let mut script = tempfile::NamedTempFile::new().map_err(|source| ToolError::Spawn {
+    let mut script = tempfile::NamedTempFile::new().map_err(|source| ToolError::Input {
         program: "debugfs".into(),
         source,
     })?;
@@ -330,7 +331,7 @@ fn force_root_owner(image: &Path, paths: &[&str]) -> Result<(), ToolError> {
     }
     script
         .write_all(text.as_bytes())
-        .map_err(|source| ToolError::Spawn {
+        .map_err(|source| ToolError::Input {
             program: "debugfs".into(),
             source,
         })?;

@@ -49,7 +49,6 @@ use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Name of the ext4 metadata directory skipped at the top level.
 pub const LOST_AND_FOUND: &str = "lost+found";
@@ -118,9 +117,9 @@ pub fn extract_image(image: &Path, dest: &Path) -> Result<(), SyncError> {
             source,
         })?
         .len();
-    let mut fsck = Command::new("e2fsck");
-    fsck.args(["-f", "-y"]).arg(image);
-    let out = tool::run(fsck, tool::deadline_for(size)).map_err(tool_err)?;
+    let args: [&std::ffi::OsStr; 3] = ["-f".as_ref(), "-y".as_ref(), image.as_os_str()];
+    let out =
+        tool::run(&mvm_core::tools::E2FSCK, args, tool::deadline_for(size)).map_err(tool_err)?;
     let code = out.status.code().unwrap_or(-1);
     match code {
         0 => {}

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mvm_core::backend::{
-    BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec, kvm_usable,
+    BackendError, BackendKind, Capabilities, RestoredVmm, RunningVmm, VmBackend, VmSpec, kvm_usable,
 };
 use mvm_core::paths::InstanceDir;
+use mvm_core::snapshot::{SnapshotDir, SnapshotInfo};
 use tokio::net::UnixStream;
 use tokio::process::Child;
 
@@ -179,7 +180,7 @@ impl VmBackend for FirecrackerBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pause: true,
-            snapshot: false,
+            snapshot: true,
             accelerated: kvm_usable().usable,
         }
     }
@@ -206,6 +207,26 @@ impl VmBackend for FirecrackerBackend {
                 Err(e.with_logs(dir))
             }
         }
+    }
+
+    async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        dest: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<SnapshotInfo, BackendError> {
+        self.snapshot_impl(spec, dir, dest, deadline).await
+    }
+
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        from: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<RestoredVmm, BackendError> {
+        self.restore_impl(spec, dir, from, deadline).await
     }
 
     async fn connect_guest(

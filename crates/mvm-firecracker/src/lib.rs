@@ -6,6 +6,8 @@
 //! - [`launch`]: how a [`mvm_core::backend::VmSpec`] becomes API calls (or a
 //!   `--config-file`).
 //! - [`vsock`]: the host side of Firecracker's hybrid vsock (`CONNECT <port>`).
+//! - [`snapshot`]: pause → `/snapshot/create`; a fresh process →
+//!   `/snapshot/load` (memory file mapped privately) → drives → resume.
 //! - [`install`]: finding, checking and installing release binaries.
 //! - [`backend`]: [`FirecrackerBackend`], the [`mvm_core::VmBackend`] impl.
 #![warn(missing_docs)]
@@ -15,6 +17,7 @@ pub mod backend;
 pub mod install;
 pub mod launch;
 pub mod process;
+pub mod snapshot;
 pub mod vsock;
 
 use std::path::PathBuf;

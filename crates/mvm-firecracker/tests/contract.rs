@@ -489,6 +489,39 @@ fn every_request_body_matches_the_openapi_schema() {
         }
         // The --config-file document.
         failures.extend(spec.check("FullVmConfiguration", &j(&c.to_config_file())));
+        // What snapshot and restore really send.
+        let snap = mvm_core::snapshot::SnapshotDir::new("/h/templates/t");
+        let s = spec_for_launch(net);
+        failures.extend(spec.check(
+            "SnapshotCreateParams",
+            &j(&mvm_firecracker::snapshot::create_params(&snap)),
+        ));
+        failures.extend(spec.check(
+            "SnapshotLoadParams",
+            &j(&mvm_firecracker::snapshot::load_params(&s, &dir, &snap)),
+        ));
+        let meta = mvm_core::snapshot::SnapshotMeta {
+            format: 1,
+            backend: mvm_core::BackendKind::Firecracker,
+            vmm_version: "1.16.1".into(),
+            cpus: s.cpus,
+            memory_mib: s.memory_mib,
+            memory: mvm_core::snapshot::MemoryMode::MemoryFile,
+            drives: vec![mvm_core::snapshot::SnapshotDrive {
+                id: "rootfs".into(),
+                read_only: true,
+                path: "/elsewhere".into(),
+            }],
+            net,
+            state_bytes: 1,
+            memory_bytes: 1,
+            created: String::new(),
+        };
+        let patches = mvm_firecracker::snapshot::drive_patches(&meta, &s);
+        assert_eq!(patches.len(), 1);
+        for p in patches {
+            failures.extend(spec.check("PartialDrive", &j(&p)));
+        }
     }
     assert!(
         failures.is_empty(),

@@ -5,4 +5,5 @@ mod common;
 mod contract;
 mod install;
 mod real;
+mod snapshot;
 mod vsock;

@@ -111,20 +111,17 @@ pub fn host_busybox() -> Result<Busybox, TreeError> {
 
 /// `Ok` for an x86_64 ELF with no `PT_INTERP` (static or static-pie).
 pub fn check_static_elf(b: &[u8]) -> Result<(), String> {
-    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+    let elf = goblin::elf::Elf::parse(b).map_err(|e| format!("not an ELF file: {e}"))?;
+    if !elf.is_64 || !elf.little_endian {
         return Err("not a 64-bit little-endian ELF file".into());
     }
-    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let phoff = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")) as usize;
-    let (size, num) = (usize::from(u16_at(54)), usize::from(u16_at(56)));
-    for i in 0..num {
-        let o = phoff + i * size;
-        let Some(t) = b.get(o..o + 4) else {
-            return Err("truncated ELF program headers".into());
-        };
-        if t == 3u32.to_le_bytes() {
-            return Err("dynamically linked (it has an ELF interpreter)".into());
-        }
+    if elf.interpreter.is_some()
+        || elf
+            .program_headers
+            .iter()
+            .any(|ph| ph.p_type == goblin::elf::program_header::PT_INTERP)
+    {
+        return Err("dynamically linked (it has an ELF interpreter)".into());
     }
     Ok(())
 }

@@ -62,6 +62,66 @@ pub fn configure_in(
     Ok(())
 }
 
+/// Give `iface` a new identity (a restored clone, see
+/// `mvm_agent_proto::identity`): the MAC `mac`, `net`'s address instead of
+/// every IPv4 address it had, the default route via `net`'s gateway, and
+/// `resolv.conf`/`hosts` under `etc`. Idempotent. The interface must exist
+/// already (it does in a restored guest): every step is one netlink request
+/// on one socket, because each costs a lot in an emulated guest kernel.
+pub fn readdress_in(
+    iface: &str,
+    mac: [u8; 6],
+    net: &GuestNet,
+    hostname: Option<&str>,
+    etc: &Path,
+) -> Result<(), GuestError> {
+    readdress_links(iface, mac, net).map_err(|source| GuestError::Netlink {
+        iface: iface.to_owned(),
+        source,
+    })?;
+    write_file(&etc.join("resolv.conf"), &resolv_conf(&net.dns))?;
+    write_file(&etc.join("hosts"), &hosts(net.ip, hostname))?;
+    Ok(())
+}
+
+fn readdress_links(iface: &str, mac: [u8; 6], net: &GuestNet) -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let link = nl.require_link(iface)?;
+    if link.mac != Some(mac) {
+        nl.set_mac(link.index, mac, iface)?;
+    }
+    let mut have = false;
+    for (ip, prefix) in nl.addresses(link.index)? {
+        if (ip, prefix) == (net.ip, net.prefix) {
+            have = true;
+        } else {
+            nl.del_address(link.index, ip, prefix, iface)?;
+        }
+    }
+    if !have {
+        nl.add_address(link.index, net.ip, net.prefix, iface)?;
+    }
+    if !link.up {
+        nl.set_up(link.index, true, iface)?;
+    }
+    nl.replace_default_route(net.gateway, link.index)?;
+    Ok(())
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 fn configure_links(iface: &str, net: &GuestNet, timeout: Duration) -> Result<(), NetlinkError> {
     let mut nl = Netlink::open()?;
     if let Some(lo) = nl.link("lo")?
@@ -115,6 +175,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), GuestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("06:00:ac:10:00:0a"),
+            Some([6, 0, 0xac, 0x10, 0, 0x0a])
+        );
+        for bad in [
+            "06:00:ac:10:00",
+            "06:00:ac:10:00:0a:01",
+            "6:00:ac:10:00:0a",
+            "zz:00:ac:10:00:0a",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn files() {

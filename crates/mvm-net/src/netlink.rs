@@ -78,6 +78,7 @@ const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 const EACCES: i32 = 13;
+const EADDRNOTAVAIL: i32 = 99;
 /// How long the kernel may take to answer one request.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Multicast group of link changes (`RTNLGRP_LINK`).
@@ -318,6 +319,39 @@ impl Netlink {
             )))
     }
 
+    /// Set the MAC address of link `index` (virtio-net and bridges accept
+    /// this while up).
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6], name: &str) -> Result<(), NetlinkError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(drop)
+            .map_err(req_err(format!("set the MAC address of {name:?}")))
+    }
+
+    /// Remove `ip/prefix` from link `index` (absent is not an error).
+    pub fn del_address(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        match self.request(RouteNetlinkMessage::DelAddress(m), 0) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(EADDRNOTAVAIL) => Ok(()),
+            Err(e) => Err(req_err(format!(
+                "remove address {ip}/{prefix} from {name:?}"
+            ))(e)),
+        }
+    }
+
     /// Attach link `index` to bridge `master`.
     pub fn set_master(&mut self, index: u32, master: u32, name: &str) -> Result<(), NetlinkError> {
         let mut m = LinkMessage::default();
@@ -345,16 +379,6 @@ impl Netlink {
             .map_err(req_err(format!(
                 "move {name:?} to another network namespace"
             )))
-    }
-
-    /// Set the MAC address of link `index`.
-    pub fn set_mac(&mut self, index: u32, mac: [u8; 6], name: &str) -> Result<(), NetlinkError> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        self.request(RouteNetlinkMessage::SetLink(m), 0)
-            .map(drop)
-            .map_err(req_err(format!("set the MAC address of {name:?}")))
     }
 
     /// Delete link `name`; `Ok(false)` if it did not exist.

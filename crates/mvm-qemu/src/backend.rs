@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use mvm_core::InstanceDir;
 use mvm_core::backend::{
-    BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec, kvm_usable,
+    BackendError, BackendKind, Capabilities, RestoredVmm, RunningVmm, VmBackend, VmSpec, kvm_usable,
 };
+use mvm_core::snapshot::{MemoryBacking, SnapshotDir, SnapshotInfo};
 use tokio::net::UnixStream;
 
 use crate::argv::{Accel, HostForward, QemuArgs};
@@ -156,6 +157,11 @@ impl QemuBackend {
         self.accel
     }
 
+    /// The version found by [`QemuBackend::detect`] (empty after `new`).
+    pub(crate) fn version_str(&self) -> &str {
+        &self.version
+    }
+
     /// Binary, version and accelerator, with the reason for the choice.
     pub fn doctor(&self) -> DoctorReport {
         DoctorReport {
@@ -233,7 +239,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// First line of `<binary> --version`, within [`VERSION_TIMEOUT`].
-fn binary_version(binary: &Path) -> Result<String, BackendError> {
+pub(crate) fn binary_version(binary: &Path) -> Result<String, BackendError> {
     use std::io::Read;
     let mut child = std::process::Command::new(binary)
         .arg("--version")
@@ -366,14 +372,33 @@ impl QemuBackend {
         dir: &InstanceDir,
         deadline: Instant,
     ) -> Result<RunningVmm, BackendError> {
+        let args = self.args(spec, dir);
+        self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
+            .await
+            .map(|(vmm, _qmp)| vmm)
+    }
+
+    /// Spawn QEMU with `args`, connect the agent chardev and QMP, and check
+    /// the run state is `expect` (`Running` for a boot, `Inmigrate` for a
+    /// restore waiting for its state). The launch sequence of the module
+    /// docs; shared by boot, template boot and restore. Returns the QMP
+    /// session too (a restore goes on with it).
+    pub(crate) async fn launch_args(
+        &self,
+        args: &QemuArgs,
+        transient: bool,
+        dir: &InstanceDir,
+        deadline: Instant,
+        expect: RunState,
+    ) -> Result<(RunningVmm, Qmp), BackendError> {
         clear_stale_socket(&dir.qmp_socket())?;
         clear_stale_socket(&dir.guest_socket())?;
         let log = fs_err::File::create(dir.vmm_log())
             .map_err(|e| err("cannot create the VMM log").with_source(e))?;
-        let argv = self.args(spec, dir).to_argv();
+        let argv = args.to_argv();
         tracing::debug!(binary = %self.binary.display(), ?argv, "spawning QEMU");
         let child = self
-            .command(argv, log.into_parts().0, spec.transient)
+            .command(argv, log.into_parts().0, transient)
             .and_then(|mut c| c.spawn())
             .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e))?;
         let mut guard = ChildGuard(Some(child));
@@ -396,23 +421,26 @@ impl QemuBackend {
                 .query_status(deadline)
                 .await
                 .map_err(|e| err("query-status failed").with_source(e))?;
-            if !status.running || status.status != RunState::Running {
+            if status.status != expect || status.running != (expect == RunState::Running) {
                 return Err(err(format!(
-                    "QEMU started but the VM is not running (status {:?})",
+                    "QEMU started but the VM is {:?}, expected {expect:?}",
                     status.status
                 )));
             }
-            Ok::<_, BackendError>(guest)
+            Ok::<_, BackendError>((guest, qmp))
         };
 
         let failure = tokio::select! {
             r = ready => match r {
-                Ok(guest) => {
+                Ok((guest, qmp)) => {
                     tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
-                    return Ok(RunningVmm {
-                        child: guard.disarm(),
-                        guest: Some(guest),
-                    });
+                    return Ok((
+                        RunningVmm {
+                            child: guard.disarm(),
+                            guest: Some(guest),
+                        },
+                        qmp,
+                    ));
                 }
                 Err(e) => e,
             },
@@ -447,7 +475,7 @@ impl VmBackend for QemuBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             pause: true,
-            snapshot: false,
+            snapshot: true,
             accelerated: self.accel == Accel::Kvm,
         }
     }
@@ -459,6 +487,37 @@ impl VmBackend for QemuBackend {
         deadline: Instant,
     ) -> Result<RunningVmm, BackendError> {
         self.launch_inner(spec, dir, deadline).await
+    }
+
+    async fn launch_with_memory(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        memory: &MemoryBacking,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        self.launch_with_memory_impl(spec, dir, memory, deadline)
+            .await
+    }
+
+    async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        dest: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<SnapshotInfo, BackendError> {
+        self.snapshot_impl(spec, dir, dest, deadline).await
+    }
+
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        from: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<RestoredVmm, BackendError> {
+        self.restore_impl(spec, dir, from, deadline).await
     }
 
     async fn connect_guest(

@@ -2,6 +2,8 @@
 //!
 //! - [`argv`]: the typed QEMU command line (never a shell).
 //! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
+//! - [`snapshot`]: snapshot/restore through QEMU's migration (file-backed
+//!   guest RAM mapped privately by clones).
 //! - [`backend`]: [`QemuBackend`], discovery of the binary, choice of
 //!   accelerator (KVM when usable, TCG otherwise) and the
 //!   [`mvm_core::VmBackend`] implementation.
@@ -17,7 +19,8 @@
 pub mod argv;
 pub mod backend;
 pub mod qmp;
+pub mod snapshot;
 
-pub use argv::{Accel, FwdProto, HostForward, NetArgs, QemuArgs};
+pub use argv::{Accel, FwdProto, HostForward, MemoryFileArgs, NetArgs, QemuArgs};
 pub use backend::{DoctorReport, QemuBackend};
 pub use qmp::{Qmp, QmpError, RunState, StatusInfo};

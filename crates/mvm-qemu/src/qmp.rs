@@ -190,6 +190,10 @@ pub enum RunState {
     Running,
     /// Stopped by `stop`.
     Paused,
+    /// Waiting for (or receiving) an incoming migration.
+    Inmigrate,
+    /// Stopped after saving the state (`migrate` completed).
+    Postmigrate,
     /// The guest shut down (with `-no-shutdown`).
     Shutdown,
     /// The guest panicked.
@@ -366,6 +370,58 @@ impl Qmp {
         cmd: &C,
         deadline: Instant,
     ) -> Result<C::Reply, QmpError> {
+        self.execute_inner(cmd, None, deadline).await
+    }
+
+    /// Run one command whose request carries `fd` (`SCM_RIGHTS`), as
+    /// `getfd` and `add-fd` need. QEMU keeps its own duplicate; the caller
+    /// may close `fd` afterwards.
+    pub async fn execute_with_fd<C: QmpCommand>(
+        &mut self,
+        cmd: &C,
+        fd: std::os::fd::BorrowedFd<'_>,
+        deadline: Instant,
+    ) -> Result<C::Reply, QmpError> {
+        self.execute_inner(cmd, Some(fd), deadline).await
+    }
+
+    /// Send `bytes`, the first of them with `fd` attached.
+    async fn send_with_fd(
+        &mut self,
+        bytes: &[u8],
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let stream: &UnixStream = self.writer.as_ref();
+        let sent = loop {
+            stream.writable().await?;
+            let fds = [fd];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut anc = SendAncillaryBuffer::new(&mut space);
+            anc.push(SendAncillaryMessage::ScmRights(&fds));
+            match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg(
+                    stream,
+                    &[io::IoSlice::new(bytes)],
+                    &mut anc,
+                    SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        self.writer.write_all(&bytes[sent..]).await
+    }
+
+    async fn execute_inner<C: QmpCommand>(
+        &mut self,
+        cmd: &C,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> Result<C::Reply, QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let req = Request {
@@ -376,12 +432,15 @@ impl Qmp {
         let mut bytes = serde_json::to_vec(&req).expect("QMP requests serialize");
         bytes.push(b'\n');
         let what = format!("the reply to {}", C::NAME);
-        timeout(&self.path, &what, deadline, self.writer.write_all(&bytes))
-            .await?
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let path = self.path.clone();
+        let sent = match fd {
+            None => timeout(&path, &what, deadline, self.writer.write_all(&bytes)).await?,
+            Some(fd) => timeout(&path, &what, deadline, self.send_with_fd(&bytes, fd)).await?,
+        };
+        sent.map_err(|source| QmpError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         loop {
             let line = read_line(&self.path, &mut self.reader, &what, deadline).await?;
             let msg: Message =
@@ -418,6 +477,35 @@ impl Qmp {
         }
     }
 
+    /// Wait for the first event `matches` accepts (also among the events
+    /// received so far, which it removes), by `deadline`. Replies to other
+    /// commands are skipped.
+    pub async fn wait_event(
+        &mut self,
+        mut matches: impl FnMut(&Event) -> bool,
+        deadline: Instant,
+    ) -> Result<Event, QmpError> {
+        if let Some(i) = self.events.iter().position(&mut matches) {
+            return Ok(self.events.remove(i));
+        }
+        loop {
+            let line = read_line(&self.path, &mut self.reader, "an event", deadline).await?;
+            let msg: Message =
+                serde_json::from_slice(&line).map_err(|source| QmpError::Malformed {
+                    path: self.path.clone(),
+                    line: excerpt(&line),
+                    source,
+                })?;
+            if let Message::Event(e) = msg {
+                tracing::debug!(event = %e.event, "QMP event");
+                if matches(&e) {
+                    return Ok(e);
+                }
+                self.events.push(e);
+            }
+        }
+    }
+
     /// `query-status`.
     pub async fn query_status(&mut self, deadline: Instant) -> Result<StatusInfo, QmpError> {
         self.execute(&QueryStatus, deadline).await
@@ -445,10 +533,13 @@ impl Qmp {
 }
 
 /// Connect to a Unix socket, retrying while it does not exist yet
-/// (`ENOENT`) or nobody listens (`ECONNREFUSED`), with a backoff from 2 ms
-/// doubling to 50 ms, until `deadline` (then `TimedOut`, or the last error).
+/// (`ENOENT`) or nobody listens (`ECONNREFUSED`), with a backoff from 1 ms
+/// doubling to 5 ms, until `deadline` (then `TimedOut`, or the last error).
+/// The cap is low on purpose: QEMU listens ~30 ms after spawn, and a
+/// restore takes about as long again, so a coarse backoff would add tens
+/// of ms to every restore; a failed `connect` costs microseconds.
 pub async fn connect_unix_retry(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
-    let mut delay = Duration::from_millis(2);
+    let mut delay = Duration::from_millis(1);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(remaining, UnixStream::connect(path)).await;
@@ -467,7 +558,7 @@ pub async fn connect_unix_retry(path: &Path, deadline: Instant) -> io::Result<Un
                     ));
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(50));
+                delay = (delay * 2).min(Duration::from_millis(5));
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => {

@@ -4,4 +4,5 @@
 mod boot;
 mod launch;
 mod qmp;
+mod snapshot;
 mod util;

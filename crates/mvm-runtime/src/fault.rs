@@ -5,6 +5,8 @@
 //!
 //! A test sets `MVM_FAULT=POINT=ACTION` (ACTION: `kill`, `kill-vmm`,
 //! `fail`) in the environment of the `mvm` it runs; supervisors inherit it.
+//! With `MVM_FAULT_REACHED=FILE`, the point's name is appended to FILE when
+//! it is reached, so the test knows the fault happened.
 //! The hook exists only in builds with the `fault-injection` feature, which
 //! only the test suite enables (`mvm-cli`'s dev-dependency): in a release
 //! build every point is an empty inline function.
@@ -88,6 +90,17 @@ pub fn point(name: &str, vmm: Option<u32>) -> Result<(), RuntimeError> {
         return Ok(());
     };
     tracing::warn!("fault injection: {} at {name}", action.as_str());
+    // Tell the test the point was reached (before acting: `kill` ends us).
+    if let Some(path) = std::env::var_os(mvm_core::env::MVM_FAULT_REACHED)
+        && let Ok(mut f) = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{name}");
+        let _ = f.sync_all();
+    }
     match action {
         Kill => {
             let _ = rustix::process::kill_process(

@@ -64,7 +64,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         },
         ..Default::default()
     };
-    mvm_runtime::resources::drives::check(rt.registry(), None, &create.data)?;
+    mvm_runtime::ops::create::check(&rt, &create)?;
     // Transient: set the host up on first use (packages, default image).
     let ti = Instant::now();
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;

@@ -41,6 +41,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
             add_dirs: Vec::new(),
         },
     };
+    mvm_runtime::ops::create::check(&rt, &opts)?;
     let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();

@@ -82,12 +82,55 @@ fn host_memory_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
+/// Check the options of a new machine that do not depend on its image
+/// (name, vCPUs, memory against the host's, network and ports, data
+/// inputs): cheap, so callers run it before building or pulling an image.
+pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
+    let config = rt.config();
+    if let Some(name) = &opts.name {
+        mvm_core::name::validate(name).map_err(mvm_core::registry::RegistryError::from)?;
+    }
+    let cpus = opts.cpus.unwrap_or(config.cpus);
+    let memory = opts.memory_mib.unwrap_or(config.memory_mib);
+    if cpus == 0 {
+        return Err(RuntimeError::Invalid("--cpus must be at least 1".into()));
+    }
+    if memory < MIN_MEMORY_MIB {
+        return Err(RuntimeError::Invalid(format!(
+            "--memory {memory} MiB is too small (at least {MIN_MEMORY_MIB})"
+        )));
+    }
+    if let Some(host) = host_memory_mib()
+        && u64::from(memory) > host
+    {
+        return Err(RuntimeError::Invalid(format!(
+            "--memory {memory} MiB is more than this host has ({host} MiB)"
+        )));
+    }
+    let network = opts.network.unwrap_or(config.network.mode);
+    if network == NetworkMode::None && !opts.ports.is_empty() {
+        return Err(RuntimeError::Invalid(
+            "-p/--publish needs a network; it cannot be used with --network none".into(),
+        ));
+    }
+    let backend = select(opts.backend, config, rt.home()).kind;
+    if network == NetworkMode::Nat && !network::use_tap() && backend == BackendKind::Firecracker {
+        return Err(network::NetworkError::NeedsRoot.into());
+    }
+    if network == NetworkMode::Nat && network::use_tap() {
+        network::settings(config)?;
+    }
+    drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
+    Ok(())
+}
+
 /// Check the options of a new machine; the record to create (not saved).
 pub fn validate(
     rt: &Runtime,
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<InstanceRecord, RuntimeError> {
+    check(rt, opts)?;
     let name = opts.name.clone().unwrap_or_else(mvm_core::name::generate);
     mvm_core::name::validate(&name).map_err(mvm_core::registry::RegistryError::from)?;
     let config = rt.config();
@@ -95,40 +138,10 @@ pub fn validate(
     let mut rec = InstanceRecord::new(&name, &image.name, &image.digest, backend);
     rec.cpus = opts.cpus.unwrap_or(config.cpus);
     rec.memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
-    if rec.cpus == 0 {
-        return Err(RuntimeError::Invalid("--cpus must be at least 1".into()));
-    }
-    if rec.memory_mib < MIN_MEMORY_MIB {
-        return Err(RuntimeError::Invalid(format!(
-            "--memory {} MiB is too small (at least {MIN_MEMORY_MIB})",
-            rec.memory_mib
-        )));
-    }
-    if let Some(host) = host_memory_mib()
-        && u64::from(rec.memory_mib) > host
-    {
-        return Err(RuntimeError::Invalid(format!(
-            "--memory {} MiB is more than this host has ({host} MiB)",
-            rec.memory_mib
-        )));
-    }
     rec.transient = opts.transient;
     rec.env = opts.env.clone();
     rec.network = opts.network.unwrap_or(config.network.mode);
     rec.ports = opts.ports.clone();
-    if rec.network == NetworkMode::None && !rec.ports.is_empty() {
-        return Err(RuntimeError::Invalid(
-            "-p/--publish needs a network; it cannot be used with --network none".into(),
-        ));
-    }
-    if rec.network == NetworkMode::Nat && !network::use_tap() && backend == BackendKind::Firecracker
-    {
-        return Err(network::NetworkError::NeedsRoot.into());
-    }
-    if rec.network == NetworkMode::Nat && network::use_tap() {
-        network::settings(config)?;
-    }
-    drives::check(rt.registry(), Some(&name), &opts.data)?;
     Ok(rec)
 }
 

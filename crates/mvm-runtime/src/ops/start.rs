@@ -46,25 +46,42 @@ pub enum StartOutcome {
     AlreadyRunning(Status),
 }
 
-/// Start a created or stopped machine.
+/// How long `start` waits for another command that holds the machine (a
+/// concurrent start about to record `Starting`, a recovery, a stop).
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// Start a created or stopped machine. If another process owns it, wait
+/// (on record changes) until it is visibly starting or running — then it is
+/// [`StartOutcome::AlreadyRunning`] — or free again, then take it.
 pub async fn start(rt: &Runtime, name: &str, wait: WaitFor) -> Result<StartOutcome, RuntimeError> {
-    let Some(lock) = rt.registry().try_own(name)? else {
-        let status = rt.registry().load(name)?.status();
-        return match status {
-            Status::Starting | Status::Running | Status::Paused => {
-                Ok(StartOutcome::AlreadyRunning(status))
-            }
-            // An owner is creating, stopping or just taking the machine.
-            s => Err(RuntimeError::WrongState {
+    let registry = rt.registry();
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        if let Some(lock) = registry.try_own(name)? {
+            return start_owned(rt, name, lock, wait).await;
+        }
+        let rec = registry.load(name)?;
+        let status = rec.status();
+        if matches!(status, Status::Starting | Status::Running | Status::Paused) {
+            return Ok(StartOutcome::AlreadyRunning(status));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(RuntimeError::WrongState {
                 name: name.to_owned(),
-                status: s,
+                status,
                 hint: Some(
                     "another mvm command is working on it; try again when it is done".into(),
                 ),
-            }),
-        };
-    };
-    start_owned(rt, name, lock, wait).await
+            });
+        }
+        let (registry, n, owner) = (registry.clone(), name.to_owned(), rec.owner);
+        tokio::task::spawn_blocking(move || {
+            registry.wait_for_change(&n, owner, left.min(Duration::from_secs(1)))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+    }
 }
 
 /// Start machine `name`, which the caller owns through `lock` (as `mvm run`
