@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
+
+use crate::complete;
 
 /// Run Linux microVMs the way Docker runs containers.
 #[derive(Debug, Parser)]
@@ -119,8 +122,10 @@ pub enum VolumeCommand {
 #[derive(Debug, Args)]
 pub struct CpArgs {
     /// Source: a host file or NAME:GUEST_PATH.
+    #[arg(add = ArgValueCompleter::new(complete::CpOperand))]
     pub src: String,
     /// Destination: a host path or NAME:GUEST_PATH.
+    #[arg(add = ArgValueCompleter::new(complete::CpOperand))]
     pub dst: String,
 }
 
@@ -176,6 +181,7 @@ pub enum ImageCommand {
     /// Remove an image.
     Rm {
         /// Image name.
+        #[arg(add = ArgValueCandidates::new(complete::images))]
         name: String,
     },
 }
@@ -184,7 +190,7 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Image to boot.
-    #[arg(default_value = "default")]
+    #[arg(default_value = "default", add = ArgValueCandidates::new(complete::images))]
     pub image: String,
     /// Machine name (generated when omitted).
     #[arg(long)]
@@ -222,7 +228,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct NamesArgs {
     /// Machine names.
-    #[arg(required = true)]
+    #[arg(required = true, add = ArgValueCandidates::new(complete::machines))]
     pub names: Vec<String>,
 }
 
@@ -230,6 +236,7 @@ pub struct NamesArgs {
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
 }
 
@@ -237,7 +244,11 @@ pub struct NameArg {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Machine names.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        required_unless_present = "all",
+        conflicts_with = "all",
+        add = ArgValueCandidates::new(complete::running_machines)
+    )]
     pub names: Vec<String>,
     /// Stop every running machine.
     #[arg(long)]
@@ -251,7 +262,7 @@ pub struct StopArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Machine names.
-    #[arg(required = true)]
+    #[arg(required = true, add = ArgValueCandidates::new(complete::machines))]
     pub names: Vec<String>,
     /// Stop a running machine first.
     #[arg(long, short = 'f')]
@@ -273,6 +284,7 @@ pub struct PsArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
     /// One JSON document (the default output is JSON too; kept for scripts).
     #[arg(long)]
@@ -283,6 +295,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
     /// Keep printing new output until the machine stops.
     #[arg(short, long)]
@@ -299,10 +312,10 @@ pub struct LogsArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Machine to run in (omit for a transient machine).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::running_machines))]
     pub name: Option<String>,
     /// Image of the transient machine.
-    #[arg(long, conflicts_with = "name")]
+    #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::images))]
     pub image: Option<String>,
     /// vCPUs of the transient machine.
     #[arg(long, conflicts_with = "name")]
@@ -348,13 +361,17 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct ShellArgs {
     /// Machine to open the shell in (omit for a fresh transient machine).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::running_machines))]
     pub name: Option<String>,
     /// Image of the transient machine.
-    #[arg(long, conflicts_with_all = ["name", "template"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["name", "template"],
+        add = ArgValueCandidates::new(complete::images)
+    )]
     pub image: Option<String>,
     /// Template of the transient machine.
-    #[arg(long, conflicts_with = "name")]
+    #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::templates))]
     pub template: Option<String>,
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]

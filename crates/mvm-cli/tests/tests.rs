@@ -4,6 +4,7 @@
 
 mod cli_basics;
 mod common;
+mod completion;
 mod e2e_data;
 mod e2e_faults;
 mod e2e_firecracker;
@@ -11,3 +12,4 @@ mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;
 mod e2e_transient;
+mod e2e_tty;

@@ -11,14 +11,14 @@ use crate::progress::Bars;
 
 pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
     check_tty()?;
+    if a.template.is_some() {
+        anyhow::bail!("--template: templates are not available yet");
+    }
     let rt = runtime()?;
     let opts = ExecOptions::login_shell(parse_env(&a.env)?);
     if let Some(name) = &a.name {
         let outcome = mvm_runtime::ops::exec::exec(&rt, name, &opts).await?;
         return Ok(outcome.exit_code() as u8);
-    }
-    if a.template.is_some() {
-        anyhow::bail!("--template: templates are not available yet");
     }
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
