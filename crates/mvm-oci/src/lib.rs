@@ -40,6 +40,7 @@ pub use blobs::{BlobStore, GcReport};
 pub use progress::{LayerEvent, PullProgress, Quiet};
 pub use reference::{ImageRef, ReferenceError};
 pub use registry::{PullError, PullOptions, PullReport, pull};
+pub use tokio_util::sync::CancellationToken;
 
 /// The name under which `name` is stored: a tag of `mvm image build`
 /// (`default`, `mine`) as given, else the normalised reference

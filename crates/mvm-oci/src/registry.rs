@@ -32,6 +32,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Credentials};
 use crate::blobs::{BlobError, BlobStore, Digest};
@@ -411,12 +412,37 @@ impl Ctx<'_> {
 }
 
 /// Pull `reference` into the image store (see the module docs).
+/// Cancelling `cancel` (Ctrl-C) stops downloads at once and the
+/// conversion between two archive entries; the pull then fails with
+/// [`PullError::Cancelled`] after cleaning up.
 pub async fn pull(
     home: &MvmHome,
     reference: &str,
     opts: &PullOptions,
     progress: Arc<dyn PullProgress>,
-    cancel: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) -> Result<PullReport, PullError> {
+    // The blocking conversion polls a flag; bridge the token to it.
+    let flag = Arc::new(AtomicBool::new(cancel.is_cancelled()));
+    let bridge = {
+        let (flag, cancel) = (flag.clone(), cancel.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        })
+    };
+    let r = pull_inner(home, reference, opts, progress, &cancel, flag).await;
+    bridge.abort();
+    r
+}
+
+async fn pull_inner(
+    home: &MvmHome,
+    reference: &str,
+    opts: &PullOptions,
+    progress: Arc<dyn PullProgress>,
+    cancel: &CancellationToken,
+    flag: Arc<AtomicBool>,
 ) -> Result<PullReport, PullError> {
     let r = ImageRef::parse(reference)?;
     let refname = r.canonical();
@@ -508,7 +534,7 @@ pub async fn pull(
         source,
     };
     let cfg_desc = &manifest.config;
-    fetch_blob(&client, &r, cfg_desc, &store, opts, None, &cancel)
+    fetch_blob(&client, &r, cfg_desc, &store, opts, None, cancel)
         .await
         .map_err(|e| cancelled_or(&refname, e, |e| blob_err("config", &cfg_desc.digest, e)))?;
     let cfg_digest = Digest::parse(&cfg_desc.digest).map_err(|e| ctx.model(e.into()))?;
@@ -518,7 +544,7 @@ pub async fn pull(
     let layers = model::layers(&manifest, &config).map_err(|e| ctx.model(e))?;
 
     // Layers, in parallel.
-    let stats = download_layers(&client, &r, &manifest, &store, opts, &progress, &cancel)
+    let stats = download_layers(&client, &r, &manifest, &store, opts, &progress, cancel)
         .await
         .map_err(|(digest, e)| cancelled_or(&refname, e, |e| blob_err("layer", &digest, e)))?;
     let download_time = started.elapsed();
@@ -535,7 +561,7 @@ pub async fn pull(
         &config,
         &opts.kernel,
         progress.clone(),
-        cancel.clone(),
+        flag,
     )
     .await?;
     let convert_time = t.elapsed();
@@ -653,7 +679,7 @@ async fn download_layers(
     store: &BlobStore,
     opts: &PullOptions,
     progress: &Arc<dyn PullProgress>,
-    cancel: &Arc<AtomicBool>,
+    cancel: &CancellationToken,
 ) -> Result<DownloadStats, (String, LayerError)> {
     let mut stats = DownloadStats::default();
     let results = futures::stream::iter(manifest.layers.iter())
@@ -687,7 +713,7 @@ async fn fetch_blob(
     store: &BlobStore,
     opts: &PullOptions,
     progress: Option<&dyn PullProgress>,
-    cancel: &AtomicBool,
+    cancel: &CancellationToken,
 ) -> Result<Fetched, LayerError> {
     let digest = Digest::parse(&desc.digest)?;
     let size = u64::try_from(desc.size).unwrap_or(0);
@@ -751,12 +777,12 @@ async fn fetch_blob(
         });
         let mut stream = stream.stream;
         loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(LayerError::Cancelled);
-            }
-            let next = tokio::time::timeout(opts.read_timeout, stream.next())
-                .await
-                .map_err(|_| LayerError::Stalled(opts.read_timeout))?;
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return Err(LayerError::Cancelled),
+                n = tokio::time::timeout(opts.read_timeout, stream.next()) => {
+                    n.map_err(|_| LayerError::Stalled(opts.read_timeout))?
+                }
+            };
             match next {
                 None => break,
                 Some(Ok(chunk)) => {

@@ -4,7 +4,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use mvm_core::MvmHome;
@@ -26,7 +25,7 @@ fn pull(home: &MvmHome, reference: &str, o: &PullOptions) -> Result<PullReport, 
         reference,
         o,
         Arc::new(Quiet),
-        Arc::new(AtomicBool::new(false)),
+        mvm_oci::CancellationToken::new(),
     ))
 }
 
