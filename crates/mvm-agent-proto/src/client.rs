@@ -63,6 +63,18 @@ pub enum ClientError {
     /// The session already ended (e.g. writing stdin after the exit).
     #[error("the session already ended")]
     SessionEnded,
+    /// The guest agent speaks an older protocol than a feature needs.
+    #[error(
+        "the guest agent speaks protocol {version}, but {feature} needs protocol {needs}: rebuild the image (`mvm image build`, or pull/import it again) so it gets the current agent"
+    )]
+    Unsupported {
+        /// The feature asked for.
+        feature: &'static str,
+        /// The negotiated version.
+        version: u32,
+        /// The version the feature needs.
+        needs: u32,
+    },
     /// The agent did not answer in time.
     #[error("agent did not answer {what} within {timeout:?}")]
     Timeout {
@@ -298,6 +310,35 @@ impl AgentClient {
         }
     }
 
+    /// Fail unless the negotiated version is at least `needs`.
+    fn require(&self, needs: u32, feature: &'static str) -> Result<(), ClientError> {
+        let version = self.inner.negotiated.version;
+        if version < needs {
+            return Err(ClientError::Unsupported {
+                feature,
+                version,
+                needs,
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait (without a deadline) until the guest's main process exits and
+    /// return how it ended; the guest then powers off. Protocol 2.
+    pub async fn wait_main(&self) -> Result<ExitStatus, ClientError> {
+        self.require(2, "waiting for the main process")?;
+        let mut s = self.open(Request::WaitMain)?;
+        let msg = s.recv().await?;
+        s.finished = true;
+        match msg {
+            Message::Response(Response::MainExited(st)) => Ok(st),
+            m => Err(ClientError::Unexpected {
+                what: "wait_main",
+                kind: m.kind(),
+            }),
+        }
+    }
+
     /// Ask the guest to power off; returns once the agent accepted.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         match self.call(Request::Shutdown, "shutdown").await? {
@@ -312,6 +353,9 @@ impl AgentClient {
     /// Start a command. Dropping the returned session before its exit
     /// cancels it (the agent SIGKILLs its process group).
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
+        if req.user.is_some() {
+            self.require(2, "running a command as another user")?;
+        }
         let s = self.open(Request::Exec(req))?;
         Ok(ExecSession {
             stdin: ExecStdin {

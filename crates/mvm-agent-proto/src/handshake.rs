@@ -10,8 +10,12 @@
 
 use crate::message::{ErrorKind, ErrorMsg, Hello, Role};
 
-/// The protocol version this crate speaks (the only one so far).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this crate speaks. Version 2 adds the exec
+/// `user` field and `WaitMain` (see [`crate::main_process`]); a request or
+/// field of version 2 is only sent when the negotiated version is >= 2.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The highest version both hellos accept, or the error message naming
 /// both ranges.
@@ -38,10 +42,11 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<u32, ErrorMsg> {
     }
 }
 
-/// This crate's `Hello` for `role`, speaking exactly [`PROTOCOL_VERSION`].
+/// This crate's `Hello` for `role`, speaking
+/// [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`].
 pub fn hello(role: Role, software: impl Into<String>) -> Hello {
     Hello {
-        min_version: PROTOCOL_VERSION,
+        min_version: MIN_PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         role,
         software: software.into(),

@@ -2,7 +2,7 @@
 //! stream (QEMU: a virtio-serial port; Firecracker: a hybrid-vsock
 //! connection; tests: a Unix socket).
 //!
-//! # Wire format (protocol version 1)
+//! # Wire format (protocol versions 1 and 2)
 //!
 //! The stream is a sequence of frames:
 //!
@@ -58,6 +58,13 @@
 //!   the agent answers `Response::Done` or `Error`.
 //! - `ReadFile { path }` → `Response::FileMeta`, `Data` chunks, `DataEnd`; or
 //!   `Error`.
+//! - `WaitMain` (version 2) → `Response::MainExited` once the guest's main
+//!   process (see [`main_process`]) has exited, then the guest powers off;
+//!   `Error` when the guest has no main process.
+//!
+//! Version 2 also adds `user` to `Exec`. A host sends version-2 requests and
+//! fields only when the negotiated version is >= 2 (the client refuses
+//! otherwise, naming the feature and the fix: rebuild the image).
 //!
 //! `Cancel` makes the agent kill the session's process group (SIGKILL), stop
 //! any transfer and forget the session; it sends nothing more for it.
@@ -86,6 +93,7 @@
 pub mod decoder;
 pub mod frame;
 pub mod handshake;
+pub mod main_process;
 pub mod message;
 
 #[cfg(feature = "tokio")]
@@ -101,7 +109,8 @@ pub use decoder::{FrameDecoder, ProtoError};
 pub use frame::{
     DATA_CHUNK_MAX, Frame, HEADER_LEN, INITIAL_WINDOW, MAX_FRAME_LEN, Message, encode,
 };
-pub use handshake::{PROTOCOL_VERSION, negotiate};
+pub use handshake::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate};
+pub use main_process::MainSpec;
 pub use message::{
     AgentInfo, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, FileMeta, Hello, Request, Response,
     Role,

@@ -43,6 +43,11 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Kill the command's process group after this many milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Run as this user (protocol 2): `user`, `uid`, `user:group` or
+    /// `uid:gid`, names resolved from the guest's `/etc/passwd` and
+    /// `/etc/group`. `None`: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A request; it opens the session it is sent on.
@@ -69,6 +74,9 @@ pub enum Request {
         /// Absolute guest path.
         path: String,
     },
+    /// Wait for the guest's main process to exit (protocol 2); answered by
+    /// [`Response::MainExited`], after which the guest powers off.
+    WaitMain,
 }
 
 impl Request {
@@ -117,6 +125,8 @@ pub enum Response {
     Done,
     /// Start of a `ReadFile` answer.
     FileMeta(FileMeta),
+    /// Answer to `WaitMain`: how the main process ended.
+    MainExited(ExitStatus),
 }
 
 /// How a command ended.

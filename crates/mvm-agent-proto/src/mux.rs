@@ -172,6 +172,7 @@ where
                     state.clone(),
                     guest_out.clone(),
                     software.clone(),
+                    negotiated.version,
                 ));
             }
             frame = reader.read_frame() => {
@@ -253,10 +254,14 @@ async fn client_task(
     state: Arc<Mutex<State>>,
     guest: FrameSender,
     software: String,
+    guest_version: u32,
 ) {
     let (r, mut w) = stream.into_split();
     let mut reader = FrameReader::new(r);
-    let ours = handshake::hello(Role::Agent, software);
+    // Offer clients no more than the guest speaks, so a client's version
+    // checks (protocol 2 features) see the guest agent's version.
+    let mut ours = handshake::hello(Role::Agent, software);
+    ours.max_version = ours.max_version.min(guest_version);
     let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
     if handshake::respond(&mut reader, &mut w, &ours, deadline)
         .await

@@ -26,6 +26,7 @@ fn exec_req() -> impl Strategy<Value = ExecRequest> {
             cwd,
             stdin,
             timeout_ms,
+            user: None,
         })
 }
 

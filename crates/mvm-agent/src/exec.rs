@@ -84,11 +84,13 @@ pub fn spawn(reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, ErrorMsg> {
             format!("{cwd}: working directory does not exist"),
         ));
     }
+    let ids = crate::user::for_request(req)?;
     let mut cmd = Command::new(argv0);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .envs(DEFAULT_ENV)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
+    cmd.args(&req.argv[1..]).env_clear().envs(DEFAULT_ENV);
+    if let Some(ids) = &ids {
+        cmd.env("HOME", &ids.home);
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
         .stdin(if req.stdin {
             Stdio::piped()
@@ -105,6 +107,9 @@ pub fn spawn(reaper: &Reaper, req: &ExecRequest) -> Result<Spawned, ErrorMsg> {
                 .map(drop)
                 .map_err(std::io::Error::from)
         });
+    }
+    if let Some(ids) = &ids {
+        crate::user::apply(&mut cmd, ids);
     }
     let (mut child, status) = reaper.spawn(&mut cmd).map_err(|e| spawn_error(argv0, &e))?;
     let pid = Pid::from_raw(child.id() as i32);

@@ -20,7 +20,7 @@ async fn ping_and_info() {
     assert_eq!(info.agent_version, env!("CARGO_PKG_VERSION"));
     assert!(!info.kernel_release.is_empty());
     assert!(info.uptime_ms > 0);
-    assert_eq!(c.negotiated().version, 1);
+    assert_eq!(c.negotiated().version, mvm_agent_proto::PROTOCOL_VERSION);
 }
 
 #[tokio::test]

@@ -5,4 +5,5 @@ mod common;
 mod exec;
 mod files;
 mod mux;
+mod oci;
 mod protocol;

@@ -129,6 +129,8 @@ async fn run_on(
         cwd: opts.cwd.clone(),
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
+        // Protocol 2 (exec --user, image User): wired in by the OCI phase 2.
+        user: None,
     };
     let mut session = client.exec(req).await.map_err(|e| exec_err(name, e))?;
     let stdin = session.stdin();
