@@ -8,4 +8,5 @@ mod e2e_data;
 mod e2e_firecracker;
 mod e2e_machines;
 mod e2e_net;
+mod e2e_oci;
 mod e2e_transient;

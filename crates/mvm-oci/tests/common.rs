@@ -242,6 +242,18 @@ pub fn push(layout: &Path, tag: &str, reg: &Registry, dest: &str, creds: Option<
     run(&mut c);
 }
 
+/// The manifest the registry serves for `repo:tag` (skopeo may have
+/// recompressed layers on push, so layout digests can differ).
+pub fn registry_manifest(reg: &Registry, repo_tag: &str) -> serde_json::Value {
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/{repo_tag}", reg.host()),
+    ]));
+    serde_json::from_str(&out).unwrap()
+}
+
 /// `skopeo copy` between local transports (e.g. to `docker-archive:`).
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
     let mut c = Command::new("skopeo");
@@ -304,8 +316,9 @@ impl Tar {
 }
 
 /// The busybox applets the test images have (as symlinks).
-const APPLETS: [&str; 12] = [
-    "sh", "id", "ls", "cat", "stat", "echo", "pwd", "env", "test", "readlink", "getfattr", "true",
+const APPLETS: [&str; 14] = [
+    "grep", "head", "sh", "id", "ls", "cat", "stat", "echo", "pwd", "env", "test", "readlink",
+    "getfattr", "true",
 ];
 
 /// An OCI image layout built with umoci, holding:
@@ -577,11 +590,13 @@ pub fn debugfs(image: &Path, request: &str) -> String {
 
 /// A TCP proxy in front of the registry that, while armed, cuts the
 /// connection after `after` response bytes of a request whose first line
-/// contains `needle`.
+/// contains `needle` — or, with `stall` set, stops forwarding there (the
+/// connection stays open) until `stall` is cleared.
 pub struct CutProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
     pub cut: Arc<Mutex<Option<(String, u64)>>>,
+    pub stall: Arc<AtomicBool>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -591,7 +606,8 @@ impl CutProxy {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let cut: Arc<Mutex<Option<(String, u64)>>> = Arc::default();
-        let (s, c) = (stop.clone(), cut.clone());
+        let stall = Arc::new(AtomicBool::new(false));
+        let (s, c, st) = (stop.clone(), cut.clone(), stall.clone());
         let accept = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -624,6 +640,7 @@ impl CutProxy {
                 });
                 let (mut u_in, mut c_out) = (up, client);
                 let after = rule.map(|r| r.1);
+                let (stall, stop) = (st.clone(), s.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
                     let mut sent = 0u64;
@@ -638,6 +655,10 @@ impl CutProxy {
                             if sent + n as u64 > limit {
                                 n = (limit - sent) as usize;
                                 let _ = c_out.write_all(&buf[..n]);
+                                // Hold the connection, silent, while stalled.
+                                while stall.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                                    std::thread::park_timeout(Duration::from_millis(50));
+                                }
                                 let _ = c_out.shutdown(Shutdown::Both);
                                 let _ = u_in.shutdown(Shutdown::Both);
                                 return;
@@ -656,6 +677,7 @@ impl CutProxy {
             port,
             stop,
             cut,
+            stall,
             accept: Some(accept),
         }
     }
