@@ -157,7 +157,7 @@ pub fn resolve(spec: &str, root: &Path) -> Result<Ids, UserError> {
     let mut supplementary = vec![gid];
     if let Some(p) = entry {
         for g in &grp {
-            if g.members.iter().any(|m| *m == p.name) && !supplementary.contains(&g.gid) {
+            if g.members.contains(&p.name) && !supplementary.contains(&g.gid) {
                 supplementary.push(g.gid);
             }
         }

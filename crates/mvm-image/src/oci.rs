@@ -301,7 +301,7 @@ mod tests {
         write_ref(&home, &rec).unwrap();
         assert_eq!(read_ref(&home, &rec.reference).unwrap(), Some(rec.clone()));
         assert_eq!(read_ref(&home, "python:3.12").unwrap(), None);
-        assert_eq!(list_refs(&home).unwrap(), [rec.clone()]);
+        assert_eq!(list_refs(&home).unwrap(), std::slice::from_ref(&rec));
         assert_eq!(remove_ref(&home, &rec.reference).unwrap(), Some(rec));
         assert!(list_refs(&home).unwrap().is_empty());
     }

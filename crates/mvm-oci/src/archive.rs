@@ -604,7 +604,7 @@ fn oci_layout(
     let mut bytes = load(&digest)?;
     let manifest: OciImageManifest = loop {
         match model::parse_document(&bytes).map_err(model_err)? {
-            Document::Manifest(mf) => break mf,
+            Document::Manifest(mf) => break *mf,
             Document::Index(i) => {
                 digest = model::select_platform(&i)
                     .map_err(model_err)?

@@ -75,7 +75,7 @@ pub enum ModelError {
 #[derive(Debug)]
 pub enum Document {
     /// An image manifest.
-    Manifest(OciImageManifest),
+    Manifest(Box<OciImageManifest>),
     /// An index (manifest list).
     Index(OciImageIndex),
 }
@@ -118,7 +118,7 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, ModelError> {
             })
     } else {
         serde_json::from_slice(bytes)
-            .map(Document::Manifest)
+            .map(|m| Document::Manifest(Box::new(m)))
             .map_err(|source| ModelError::Parse {
                 what: "image manifest",
                 source,

@@ -113,7 +113,7 @@ pub struct PullReport {
 pub enum LayerError {
     /// The registry refused or failed the request.
     #[error("the registry request failed")]
-    Request(#[source] OciDistributionError),
+    Request(#[source] Box<OciDistributionError>),
     /// The connection ended early.
     #[error(
         "download interrupted after {got} of {size} bytes (a later pull resumes where it stopped)"
@@ -167,7 +167,7 @@ pub enum PullError {
         hint: &'static str,
         /// Why.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// A request ran past its deadline.
     #[error("{reference}: the registry {registry} did not answer within {timeout:?} ({what})")]
@@ -204,7 +204,7 @@ pub enum PullError {
         username: String,
         /// The registry's answer.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// No such repository, tag or digest.
     #[error("{reference}: not found in {registry} (unknown repository, tag or digest)")]
@@ -215,7 +215,7 @@ pub enum PullError {
         registry: String,
         /// The registry's answer.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// Any other registry failure.
     #[error("{reference}: registry request for the {what} failed")]
@@ -226,7 +226,7 @@ pub enum PullError {
         what: &'static str,
         /// The error.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// The manifest, index or config is not usable.
     #[error("{reference}")]
@@ -314,12 +314,12 @@ impl Ctx<'_> {
     fn err(&self, what: &'static str, e: OciDistributionError) -> PullError {
         let reference = self.reference.clone();
         let registry = self.registry();
-        let auth_err = |e| match &self.username {
+        let auth_err = |e: OciDistributionError| match &self.username {
             Some(u) => PullError::BadCredentials {
                 reference: reference.clone(),
                 registry: registry.clone(),
                 username: u.clone(),
-                source: e,
+                source: Box::new(e),
             },
             None => PullError::AuthRequired {
                 reference: reference.clone(),
@@ -335,7 +335,7 @@ impl Ctx<'_> {
                 } else {
                     " (a plain-HTTP registry needs --insecure)"
                 },
-                source: e,
+                source: Box::new(e),
             },
             OciDistributionError::RequestError(re) if re.is_timeout() => PullError::Timeout {
                 reference,
@@ -348,7 +348,7 @@ impl Ctx<'_> {
             OciDistributionError::ServerError { code: 404, .. } => PullError::NotFound {
                 reference,
                 registry,
-                source: e,
+                source: Box::new(e),
             },
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
@@ -364,7 +364,7 @@ impl Ctx<'_> {
                     PullError::NotFound {
                         reference,
                         registry,
-                        source: e,
+                        source: Box::new(e),
                     }
                 } else if codes
                     .iter()
@@ -375,14 +375,14 @@ impl Ctx<'_> {
                     PullError::Registry {
                         reference,
                         what,
-                        source: e,
+                        source: Box::new(e),
                     }
                 }
             }
             _ => PullError::Registry {
                 reference,
                 what,
-                source: e,
+                source: Box::new(e),
             },
         }
     }
@@ -496,7 +496,7 @@ async fn pull_inner(
         .await?;
     let (manifest, manifest_bytes, manifest_digest, index_digest) =
         match model::parse_document(&bytes).map_err(|e| ctx.model(e))? {
-            Document::Manifest(m) => (m, bytes, digest, None),
+            Document::Manifest(m) => (*m, bytes, digest, None),
             Document::Index(index) => {
                 let entry = model::select_platform(&index).map_err(|e| ctx.model(e))?;
                 let pinned = r.with_digest(&entry.digest);
@@ -511,7 +511,7 @@ async fn pull_inner(
                     )
                     .await?;
                 match model::parse_document(&b).map_err(|e| ctx.model(e))? {
-                    Document::Manifest(m) => (m, b, d, Some(digest)),
+                    Document::Manifest(m) => (*m, b, d, Some(digest)),
                     Document::Index(_) => {
                         return Err(
                             ctx.model(ModelError::MediaType("an index inside an index".into()))
@@ -752,7 +752,7 @@ async fn fetch_blob(
             match client
                 .pull_blob_stream_partial(r.as_oci(), desc, resumed, None)
                 .await
-                .map_err(LayerError::Request)?
+                .map_err(|e| LayerError::Request(Box::new(e)))?
             {
                 BlobResponse::Partial(s) => s,
                 BlobResponse::Full(s) => {
@@ -768,7 +768,7 @@ async fn fetch_blob(
             client
                 .pull_blob_stream(r.as_oci(), desc)
                 .await
-                .map_err(LayerError::Request)?
+                .map_err(|e| LayerError::Request(Box::new(e)))?
         };
         report(LayerEvent::Start {
             digest: &desc.digest,
