@@ -350,10 +350,14 @@ fn exec_image_boots_a_converted_oci_image() {
     }
     ensure_image();
     let layout = oci::build_layout();
+    // No shell, no /etc at all: only /bin/busybox (and a data file).
+    oci::add_big_image(&layout.path, "bare", 4096);
     let reg = oci::Registry::start(None);
     oci::push(&layout.path, "app", &reg, "test/app:1", None, false);
+    oci::push(&layout.path, "bare", &reg, "test/bare:1", None, false);
     let home = e2e_home();
     let r = format!("{}/test/app:1", reg.host());
+    let bare = format!("{}/test/bare:1", reg.host());
     struct Rm<'a>(&'a Path, String);
     impl Drop for Rm<'_> {
         fn drop(&mut self) {
@@ -361,6 +365,7 @@ fn exec_image_boots_a_converted_oci_image() {
         }
     }
     let _rm = Rm(home, r.clone());
+    let _rm_bare = Rm(home, bare.clone());
     let out = mvm(home)
         .args(["image", "pull", "--insecure", &r])
         .output()
@@ -393,5 +398,33 @@ fn exec_image_boots_a_converted_oci_image() {
     assert_eq!(
         lines[7], "1",
         "/etc/hosts written although the image has none"
+    );
+
+    // An image without a shell or /etc boots; the agent creates /etc/hosts.
+    let out = mvm(home)
+        .args(["image", "pull", "--insecure", &bare])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = mvm(home)
+        .env("MVM_NETWORK", "none")
+        .args([
+            "exec",
+            "--image",
+            &bare,
+            "--",
+            "/bin/busybox",
+            "ls",
+            "/bin",
+            "/etc",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("busybox") && text.contains("hosts"), "{text}");
+    assert!(
+        !text.contains("mvm-agent"),
+        "nothing of mvm's on the disk: {text}"
     );
 }
