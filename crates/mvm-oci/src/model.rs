@@ -392,6 +392,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Registry documents cross a trust boundary: any bytes give a
+        /// document or an error, never a panic.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_document(&bytes);
+            let _ = ConfigFile::parse(&bytes);
+        }
+
+        #[test]
+        fn any_index_selects_or_lists(os in "[a-z]{1,8}", arch in "[a-z0-9]{1,8}") {
+            let doc = serde_json::json!({"manifests": [entry(&os, &arch, None)]});
+            if let Ok(Document::Index(i)) = parse_document(doc.to_string().as_bytes()) {
+                let want = platform_name(&i.manifests[0]);
+                match select_platform(&i) {
+                    Ok(_) => proptest::prop_assert!(os == "linux" && arch == "amd64"),
+                    Err(e) => proptest::prop_assert!(e.to_string().contains(&want)),
+                }
+            }
+        }
+    }
+
     #[test]
     fn layer_types() {
         for ok in [

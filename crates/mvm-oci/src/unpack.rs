@@ -1089,6 +1089,40 @@ mod tests {
         assert!(e.to_string().starts_with("layer layer1"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Archive paths cross a trust boundary: a path with `..` is
+        /// refused, every other one yields plain components.
+        #[test]
+        fn components_never_escape(path in "[a-z./]{0,24}") {
+            match components(path.as_bytes()) {
+                Ok(c) => {
+                    for part in c {
+                        proptest::prop_assert!(!part.is_empty() && part != b"." && part != b"..");
+                        proptest::prop_assert!(!part.contains(&b'/'));
+                    }
+                }
+                Err(EntryError::DotDot) => proptest::prop_assert!(path.split('/').any(|p| p == "..")),
+                Err(e) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
+
+        /// Arbitrary bytes as a layer: an error or an (empty) tree, never a
+        /// panic or a write outside the tree.
+        #[test]
+        fn any_layer_bytes_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let d = tempfile::tempdir().unwrap();
+            let blob = d.path().join("blob");
+            fs_err::write(&blob, &bytes).unwrap();
+            let tree = d.path().join("tree");
+            fs_err::create_dir(&tree).unwrap();
+            let layer = Layer { digest: "x".into(), blob, diff_id: None };
+            let _ = apply_layers(&tree, &[layer], &|_, _| {}, &AtomicBool::new(false));
+            let mut names: Vec<_> = fs_err::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            names.sort();
+            proptest::prop_assert_eq!(names, vec![std::ffi::OsString::from("blob"), "tree".into()]);
+        }
+    }
+
     #[test]
     fn cancel_stops_between_entries() {
         let d = tempfile::tempdir().unwrap();
