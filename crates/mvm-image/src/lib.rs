@@ -28,8 +28,9 @@
 //! configuration in `manifest.json` ([`oci::OciInfo`]); references name them
 //! (`images/refs/`). Their tree is the image's files only: mvm's agent,
 //! modules and busybox stay in the initramfs, which switches root to the
-//! machine's disk. Image directories are mode 0700: an OCI tree holds the
-//! image's setuid files with their owners.
+//! machine's disk. An OCI image's `tree/` is mode 0700: it holds the
+//! image's setuid files with their owners, which no other host user may
+//! execute.
 //!
 //! Other modules: [`kernel`] (bzImage → vmlinux, the Debian package),
 //! [`modules`] (modules.dep closure), [`initramfs`] (cpio), [`tree`],
@@ -656,6 +657,10 @@ fn build_into(
     if let Src::Tree(src) = source {
         let t = l.tree();
         fs_err::create_dir_all(&t)?;
+        // The tree holds the image's setuid-root files with their owners:
+        // nobody else on the host may reach them. (mkfs gives the ext4's
+        // root its own mode, 0755.)
+        fs_err::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         src.fill(&t, progress)
             .map_err(|source| ImageError::Source {
                 what: src.describe(),

@@ -64,6 +64,8 @@ fn check_app_tree(tree: &Path, rootfs: &Path) {
         Path::new("../run/systemd/resolve/stub-resolv.conf")
     );
     assert!(!tree.join("etc/hosts").exists());
+    // Only mvm (root) can reach the image's setuid files on the host.
+    assert_eq!(fs_err::metadata(tree).unwrap().mode() & 0o777, 0o700);
     // Nothing of mvm's in the tree.
     assert!(!tree.join("sbin/mvm-agent").exists());
     assert!(!tree.join("etc/mvm").exists());
