@@ -147,11 +147,20 @@ async fn main_process_status_is_answered_then_the_agent_stops() {
         "agent still running"
     );
     let _ = agent.child.wait();
-    let log = agent.log.lock().unwrap().join("\n");
-    assert!(
-        log.contains(&format!("main-out hello {}", work.display())),
-        "{log}"
-    );
+    // The test's reader thread may still be draining the agent's stderr.
+    let want = format!("main-out hello {}", work.display());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = agent.log.lock().unwrap().join("\n");
+        let complete = log.contains(&want)
+            && log.contains("main-err")
+            && log.contains("main process exited with status 3");
+        if complete || std::time::Instant::now() > end {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(log.contains(&want), "{log}");
     assert!(log.contains("main-err"), "{log}");
     assert!(log.contains("main process exited with status 3"), "{log}");
 }
