@@ -178,11 +178,44 @@ pub enum ImageCommand {
         #[arg(long, value_name = "MIB")]
         size: Option<u32>,
     },
-    /// Remove an image.
+    /// Remove an image (a name or a reference); blobs no image needs go too.
     Rm {
-        /// Image name.
+        /// Image name or reference.
         #[arg(add = ArgValueCandidates::new(complete::images))]
         name: String,
+    },
+    /// Pull a container image from a registry (OCI distribution API).
+    Pull {
+        /// Image reference (`python:3.12`, `localhost:5000/app:1`,
+        /// `ghcr.io/o/r@sha256:...`).
+        reference: String,
+        /// Talk plain HTTP to the registry (e.g. `localhost:5000`).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user name (the password is read from stdin).
+        #[arg(long, short = 'u', value_name = "USER", requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
+    /// Import a `docker save` tarball or an OCI image layout (directory or
+    /// tarball).
+    Import {
+        /// The tarball or layout directory.
+        path: PathBuf,
+        /// The name to give it (a reference; default: the name the archive
+        /// gives, if any).
+        #[arg(long, value_name = "NAME[:TAG]")]
+        name: Option<String>,
+    },
+    /// Show what is known about an image, including an OCI image's config.
+    Inspect {
+        /// Image name or reference.
+        name: String,
+        /// One JSON document (the default output is JSON too; kept for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 

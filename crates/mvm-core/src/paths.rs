@@ -8,6 +8,8 @@
 //!   cache/                  downloads (kernel packages, release tarballs)
 //!   images/<digest>/        content-addressed image artefacts
 //!   images/tags/<name>      tag -> digest
+//!   images/refs/<sha256>    OCI reference -> digest (see mvm-image)
+//!   images/blobs/           OCI blob cache (see mvm-oci)
 //!   volumes/<name>.ext4     named volumes
 //!   instances/<name>/       one directory per machine (see InstanceDir)
 //!   templates/              templates (layout in the `mvm-template` crate)
@@ -67,6 +69,15 @@ impl MvmHome {
     /// Content-addressed images.
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
+    }
+    /// OCI references pulled or imported (`images/refs`).
+    pub fn image_refs_dir(&self) -> PathBuf {
+        self.images_dir().join("refs")
+    }
+    /// The content-addressed OCI blob cache shared by all images
+    /// (`images/blobs`).
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.images_dir().join("blobs")
     }
     /// Named volumes.
     pub fn volumes_dir(&self) -> PathBuf {

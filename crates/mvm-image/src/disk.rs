@@ -56,7 +56,14 @@ pub fn ensure_template(image: &Image, size_mib: u64) -> Result<PathBuf, ImageErr
         .prefix(".machine-")
         .suffix(".ext4")
         .tempfile_in(&image.dir)?;
-    crate::mkfs_ext4(&image.tree(), tmp.path(), size_mib)?;
+    // At least the image's own size and inode count (OCI images can be big).
+    let m = image.manifest()?;
+    crate::mkfs_ext4(
+        &image.tree(),
+        tmp.path(),
+        size_mib.max(m.rootfs_mib),
+        m.inodes,
+    )?;
     punch_zero_blocks(tmp.path())?;
     tmp.persist(&path).map_err(|e| ImageError::from(e.error))?;
     Ok(path)

@@ -311,6 +311,61 @@ pub fn walk(root: &Path) -> std::io::Result<BTreeMap<PathBuf, std::fs::Metadata>
     Ok(out)
 }
 
+/// What a tree takes, for sizing the ext4 that holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of regular files, each inode counted once.
+    pub bytes: u64,
+    /// Bytes of 4 KiB blocks the entries need (files rounded up, one
+    /// block per directory and per long symlink).
+    pub block_bytes: u64,
+    /// Entries (the root included).
+    pub entries: u64,
+}
+
+const BLOCK: u64 = 4096;
+const MIB: u64 = 1 << 20;
+/// mkfs.ext4's default bytes-per-inode ratio.
+const INODE_RATIO: u64 = 16384;
+
+impl Usage {
+    /// The size (MiB) of an ext4 that holds the tree with room to spare
+    /// (a quarter more, plus 96 MiB for the journal, metadata and the
+    /// reserved blocks), and an inode count for `mkfs.ext4 -N` when the
+    /// default ratio would give too few.
+    pub fn ext4_size(&self) -> (u64, Option<u64>) {
+        let inodes = self.entries + self.entries / 4 + 1024;
+        let bytes = self.block_bytes + self.block_bytes / 4 + inodes * 256 + 96 * MIB;
+        let mib = bytes.div_ceil(MIB);
+        let default_inodes = mib * MIB / INODE_RATIO;
+        (mib, (inodes > default_inodes).then_some(inodes))
+    }
+}
+
+/// Measure the tree at `root` (see [`Usage`]).
+pub fn usage(root: &Path) -> std::io::Result<Usage> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut u = Usage {
+        entries: 1,
+        block_bytes: BLOCK,
+        ..Usage::default()
+    };
+    for meta in walk(root)?.values() {
+        u.entries += 1;
+        let ft = meta.file_type();
+        if ft.is_file() {
+            if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            u.bytes += meta.len();
+            u.block_bytes += meta.len().div_ceil(BLOCK) * BLOCK;
+        } else if ft.is_dir() || (ft.is_symlink() && meta.len() > 59) {
+            u.block_bytes += BLOCK;
+        }
+    }
+    Ok(u)
+}
+
 /// A digest of a directory's content: paths, types, modes, file bytes and
 /// symlink targets (not owners or times).
 pub fn dir_digest(root: &Path) -> std::io::Result<String> {
@@ -420,6 +475,30 @@ mod tests {
         fs_err::create_dir_all(e.path().join("etc")).unwrap();
         fs_err::os::unix::fs::symlink(outside.path(), e.path().join("etc/mvm")).unwrap();
         assert!(confine(e.path()).is_err());
+    }
+
+    #[test]
+    fn usage_counts_hard_links_once_and_sizes_ext4() {
+        let d = tempfile::tempdir().unwrap();
+        write_file(&d.path().join("a/big"), &vec![1u8; 10_000], 0o644).unwrap();
+        fs_err::hard_link(d.path().join("a/big"), d.path().join("a/link")).unwrap();
+        fs_err::os::unix::fs::symlink("big", d.path().join("a/sym")).unwrap();
+        let u = usage(d.path()).unwrap();
+        assert_eq!(u.bytes, 10_000);
+        assert_eq!(u.entries, 5);
+        // root + a + 3 blocks of big
+        assert_eq!(u.block_bytes, 5 * 4096);
+        let (mib, inodes) = u.ext4_size();
+        assert!((96..200).contains(&mib), "{mib}");
+        assert_eq!(inodes, None);
+        // Many small files need more inodes than the default ratio gives.
+        let many = Usage {
+            bytes: 0,
+            block_bytes: 100_000 * 4096,
+            entries: 100_000,
+        };
+        let (mib, inodes) = many.ext4_size();
+        assert!(inodes.unwrap() > mib * MIB / INODE_RATIO);
     }
 
     #[test]

@@ -180,6 +180,8 @@ async fn run_on(
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
         tty: None,
+        // Protocol 2 (exec --user, image User): wired in by the OCI phase 2.
+        user: None,
     };
     if opts.tty {
         return run_tty(client, name, req).await;
