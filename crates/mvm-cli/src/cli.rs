@@ -255,6 +255,14 @@ pub struct RunArgs {
     /// Return once the VMM started, without waiting for the guest agent.
     #[arg(long)]
     pub no_wait: bool,
+    /// Run the VMM unconfined even as root: no jailer, own uid, cgroup or
+    /// seccomp sandbox (for debugging).
+    #[arg(long)]
+    pub no_jailer: bool,
+    /// Cap the machine's CPU time at CPUS (e.g. 0.5, 2; default: its
+    /// vCPUs); needs a confined VMM (root).
+    #[arg(long, value_name = "CPUS")]
+    pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
 }
 
 /// One or more machine names.
@@ -369,6 +377,13 @@ pub struct ExecArgs {
     /// Backend of the transient machine.
     #[arg(long, value_enum, conflicts_with = "name")]
     pub backend: Option<BackendArg>,
+    /// Run the transient machine's VMM unconfined even as root (for
+    /// debugging).
+    #[arg(long, conflicts_with = "name")]
+    pub no_jailer: bool,
+    /// Cap the transient machine's CPU time at CPUS (e.g. 0.5, 2).
+    #[arg(long, value_name = "CPUS", conflicts_with = "name")]
+    pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,

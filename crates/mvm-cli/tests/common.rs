@@ -72,7 +72,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
 }
 
-/// Pids of VMM processes (qemu/firecracker) whose command line mentions `dir`.
+/// Pids of VMM processes (qemu/firecracker) of machines under `dir`. A
+/// confined VMM names no instance path on its command line (a jailed
+/// Firecracker sees only its chroot, a sandboxed QEMU gets descriptors),
+/// so a VMM is one of `dir`'s when its command line, its root, one of its
+/// open files or its machine tag (`MVM_MACHINE`) lies under `dir`.
 pub fn vmms_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut out = Vec::new();
@@ -88,10 +92,26 @@ pub fn vmms_under(dir: &Path) -> Vec<u32> {
         let zombie = state
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie
-            && (cmd.contains("qemu-system") || cmd.contains("firecracker"))
-            && cmd.contains(&needle)
-        {
+        let program = cmd.split(' ').next().unwrap_or_default();
+        let vmm = program.contains("qemu-system") || program.ends_with("firecracker");
+        if zombie || !vmm {
+            continue;
+        }
+        let under = |p: PathBuf| p.starts_with(dir);
+        let mine = cmd.contains(&needle)
+            || fs_err::read_link(format!("/proc/{pid}/root")).is_ok_and(under)
+            || fs_err::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|f| fs_err::read_link(f.path()).is_ok_and(under))
+            })
+            || fs_err::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0).any(|v| {
+                    String::from_utf8_lossy(v)
+                        .strip_prefix("MVM_MACHINE=")
+                        .is_some_and(|t| Path::new(t.split('#').next().unwrap_or_default()).starts_with(dir))
+                })
+            });
+        if mine {
             out.push(pid);
         }
     }
@@ -218,9 +238,24 @@ pub fn instance_dirs(home: &Path) -> Vec<PathBuf> {
     }
 }
 
+/// VMM confinement of `home`'s machines left on the host: machine cgroups
+/// under `mvm/<home tag>`, mounts under its instances (in this mount
+/// namespace), jail directories.
+pub fn jail_leftovers(home: &Path) -> Vec<String> {
+    let l = mvm_jail::leftovers(&mvm_core::MvmHome::new(home));
+    l.cgroups
+        .iter()
+        .map(|c| format!("cgroup {c}"))
+        .chain(l.mounts.iter().map(|m| format!("mount {}", m.display())))
+        .chain(l.jails.iter().map(|j| format!("jail {}", j.display())))
+        .collect()
+}
+
 /// Nothing of `home` runs or remains: no tagged process, no VMM under its
-/// instances, no instance directory.
+/// instances, no instance directory, no cgroup, mount or chroot.
 pub fn assert_nothing_left(home: &Path, what: &str) {
+    let jail = jail_leftovers(home);
+    assert!(jail.is_empty(), "{what}: confinement left: {jail:?}");
     let procs = tagged_processes(home);
     assert!(procs.is_empty(), "{what}: processes left: {procs:?}");
     let vmms = vmms_under(&home.join("instances"));

@@ -13,7 +13,8 @@
 //!   machine) leaves no VMM, no supervisor, no instance directory, and — as
 //!   root, where every case runs in a network namespace of its own with NAT
 //!   networking — no TAP, no bridge, no `mvm:` rule and no egress table;
-//!   `mvm gc` then finds nothing.
+//!   no cgroup, chroot mount or jail directory of the machine (as root every
+//!   VMM is confined: its own uid, its cgroup); `mvm gc` then finds nothing.
 //!
 //! The cases run three at a time, each in its own home (sharing the built
 //! image) and namespace. Each prints one row of the fault table (step ×
@@ -29,7 +30,7 @@ use std::time::Duration;
 use mvm_runtime::fault::{Action, POINTS};
 
 use crate::common::{
-    can_boot, ensure_image, instance_dirs, own_home, tagged_processes, vmms_under,
+    can_boot, ensure_image, instance_dirs, jail_leftovers, own_home, tagged_processes, vmms_under,
 };
 
 /// The operation a case injects its fault into.
@@ -78,7 +79,7 @@ impl Place<'_> {
         let bin = assert_cmd::cargo::cargo_bin("mvm");
         let mut c = match self.ns {
             Some(ns) => {
-                let mut c = ns.cmd(&[bin.to_str().unwrap()]);
+                let mut c = ns.cmd_net_only(&[bin.to_str().unwrap()]);
                 c.env("MVM_NETWORK", "nat");
                 c
             }
@@ -264,6 +265,8 @@ fn run_case(op: Op, point: &str, action: Action, n: usize) -> String {
     );
     let net = place.network_leftovers();
     assert!(net.is_empty(), "{case}: network objects left: {net:?}");
+    let jail = jail_leftovers(place.home);
+    assert!(jail.is_empty(), "{case}: cgroups, mounts or chroots left: {jail:?}");
     assert!(
         !volume_existed || volume.exists(),
         "{case}: the named volume was lost"

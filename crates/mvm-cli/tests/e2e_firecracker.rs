@@ -33,8 +33,20 @@ fn inspect(home: &Path, name: &str) -> Value {
 }
 
 /// The configuration mvm means to give Firecracker for machine `name`,
-/// computed from mvm's own record (not from literals).
+/// computed from mvm's own record (not from literals): with the paths the
+/// VMM sees (inside its chroot when it is jailed).
 fn intended(home: &Path, name: &str) -> BootConfig {
+    let rt = mvm_runtime::Runtime::open(MvmHome::new(home)).unwrap();
+    let rec = rt.registry().load(name).unwrap();
+    let spec = mvm_runtime::supervisor::spec::for_record(&rt, &rec).unwrap();
+    match &spec.isolation {
+        Some(_) => mvm_firecracker::jailer::boot_config(&spec),
+        None => BootConfig::new(&spec, &rt.dir(name)),
+    }
+}
+
+/// [`intended`] with host paths (for a VMM started by hand).
+fn intended_on_host(home: &Path, name: &str) -> BootConfig {
     let rt = mvm_runtime::Runtime::open(MvmHome::new(home)).unwrap();
     let rec = rt.registry().load(name).unwrap();
     let spec = mvm_runtime::supervisor::spec::for_record(&rt, &rec).unwrap();
@@ -185,7 +197,13 @@ fn firecracker_run_no_wait_config_pause_resume_stop() {
     assert_eq!(vmms_under(&idir), vec![pid]);
     let cmdline = fs_err::read(format!("/proc/{pid}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    assert!(cmdline.contains(&socket.display().to_string()), "{cmdline}");
+    if v["isolation"].is_null() {
+        assert!(cmdline.contains(&socket.display().to_string()), "{cmdline}");
+    } else {
+        // Jailed (root): the VMM names its socket inside its chroot, and
+        // `fc.sock` is the stable link to it.
+        assert!(cmdline.contains(mvm_firecracker::jailer::inner::API_SOCKET), "{cmdline}");
+    }
 
     // GET /vm/config shows exactly what mvm intended.
     let actual = fc_get(&socket, "/vm/config");
@@ -501,7 +519,7 @@ fn bench_firecracker_start() {
             .success();
         via_mvm.push(t.elapsed());
         if config.is_none() {
-            config = Some(intended(home, &name));
+            config = Some(intended_on_host(home, &name));
         }
         mvm(home).args(["rm", "-f", &name]).assert().success();
     }

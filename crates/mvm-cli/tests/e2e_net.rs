@@ -39,6 +39,18 @@ impl NetNs {
         c
     }
 
+    /// A command run in the namespace's network only (`nsenter --net`):
+    /// unlike `ip netns exec`, it keeps the host's mount namespace and
+    /// `/sys`, so cgroup hierarchies stay visible (mvm confines VMMs in
+    /// cgroups) and mounts are seen by the test.
+    pub(crate) fn cmd_net_only(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .args(argv);
+        c
+    }
+
     pub(crate) fn run(&self, argv: &[&str]) -> String {
         let out = self.cmd(argv).output().unwrap();
         assert!(

@@ -8,6 +8,7 @@ mod completion;
 mod e2e_data;
 mod e2e_faults;
 mod e2e_firecracker;
+mod e2e_jail;
 mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;

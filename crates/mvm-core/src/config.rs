@@ -13,6 +13,11 @@
 //! qemu_bin = "/usr/bin/qemu-system-x86_64"
 //! qemu_accel = "tcg"           # optional: force kvm | tcg
 //!
+//! jailer = true                 # as root, confine every VMM (see below)
+//! jailer_bin = "/usr/local/bin/jailer"  # else beside firecracker, else PATH
+//! jail_uid_range = "1000000000-1000065535"
+//! cpu_quota = 1.5               # optional: CPU cap of every machine, in CPUs
+//!
 //! [network]
 //! subnet = "172.16.0.0/24"
 //! bridge = "mvmbr0"
@@ -112,6 +117,17 @@ pub struct Config {
     pub qemu_bin: Option<PathBuf>,
     /// Force the QEMU accelerator: `kvm` or `tcg` (else chosen by probing).
     pub qemu_accel: Option<QemuAccel>,
+    /// As root, confine every VMM: Firecracker under its jailer, QEMU
+    /// sandboxed as the machine's own uid, both in the machine's cgroup
+    /// (`--no-jailer` turns it off for one machine).
+    pub jailer: bool,
+    /// The Firecracker jailer (else `jailer` beside the firecracker
+    /// binary, else on `PATH`).
+    pub jailer_bin: Option<PathBuf>,
+    /// The uids (and gids) machines' VMMs run as, `FIRST-LAST`.
+    pub jail_uid_range: crate::isolation::UidRange,
+    /// CPU cap of every machine's cgroup, in CPUs (else its vCPUs).
+    pub cpu_quota: Option<crate::isolation::CpuQuota>,
 }
 
 /// A forced QEMU accelerator.
@@ -148,6 +164,10 @@ impl Default for Config {
             boot_timeout_secs: DEFAULT_BOOT_TIMEOUT_SECS,
             qemu_bin: None,
             qemu_accel: None,
+            jailer: true,
+            jailer_bin: None,
+            jail_uid_range: crate::isolation::UidRange::DEFAULT,
+            cpu_quota: None,
         }
     }
 }
@@ -251,6 +271,24 @@ impl Config {
                 _ => return Err(bad(MVM_QEMU_ACCEL, &v, "expected kvm or tcg".into())),
             });
         }
+        if let Some(v) = get(MVM_JAILER) {
+            self.jailer = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad(MVM_JAILER, &v, "expected 1 or 0 (true/false)".into())),
+            };
+        }
+        if let Some(v) = get(MVM_JAILER_BIN) {
+            self.jailer_bin = Some(v.into());
+        }
+        if let Some(v) = get(MVM_JAIL_UID_RANGE) {
+            self.jail_uid_range = v
+                .parse()
+                .map_err(|e: crate::isolation::UidError| bad(MVM_JAIL_UID_RANGE, &v, e.to_string()))?;
+        }
+        if let Some(v) = get(MVM_CPU_QUOTA) {
+            self.cpu_quota = Some(v.parse().map_err(|e| bad(MVM_CPU_QUOTA, &v, e))?);
+        }
         Ok(())
     }
 }
@@ -280,6 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn isolation_settings_from_file_and_env() {
+        let mut c: Config = toml::from_str(
+            "jailer = false\njail_uid_range = \"2000000-2000099\"\ncpu_quota = 1.5\n",
+        )
+        .unwrap();
+        assert!(!c.jailer);
+        assert_eq!(c.jail_uid_range.to_string(), "2000000-2000099");
+        assert_eq!(c.cpu_quota.unwrap().millis(), 1500);
+        c.apply_env(|k| match k {
+            "MVM_JAILER" => Some("1".into()),
+            "MVM_JAILER_BIN" => Some("/opt/jailer".into()),
+            "MVM_CPU_QUOTA" => Some("0.25".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(c.jailer);
+        assert_eq!(c.jailer_bin.as_deref(), Some(Path::new("/opt/jailer")));
+        assert_eq!(c.cpu_quota.unwrap().millis(), 250);
+        assert!(toml::from_str::<Config>("jail_uid_range = \"0-5\"").is_err());
+        assert!(Config::default().jailer);
+    }
+
+    #[test]
     fn bad_values_name_their_source() {
         let e = toml::from_str::<Config>("cpus = \"x\"").unwrap_err();
         assert!(e.to_string().contains("cpus"), "{e}");
@@ -292,6 +353,9 @@ mod tests {
             ("MVM_BOOT_TIMEOUT", "0"),
             ("MVM_QEMU_ACCEL", "hvf"),
             ("MVM_NETWORK", "bridge"),
+            ("MVM_JAILER", "maybe"),
+            ("MVM_JAIL_UID_RANGE", "0-10"),
+            ("MVM_CPU_QUOTA", "0"),
         ] {
             let e = c
                 .apply_env(|k| (k == var).then(|| value.to_string()))

@@ -37,6 +37,15 @@ pub const MVM_QEMU_BIN: &str = "MVM_QEMU_BIN";
 pub const MVM_QEMU_ACCEL: &str = "MVM_QEMU_ACCEL";
 /// Setting: where `mvm setup` downloads Firecracker releases from.
 pub const MVM_FIRECRACKER_RELEASE_URL: &str = "MVM_FIRECRACKER_RELEASE_URL";
+/// Setting: confine VMMs when root (`1`/`0`; config `jailer`).
+pub const MVM_JAILER: &str = "MVM_JAILER";
+/// Setting: the Firecracker jailer binary (config `jailer_bin`; CI points
+/// it at the test instrument in `../shared/firecracker/bin`).
+pub const MVM_JAILER_BIN: &str = "MVM_JAILER_BIN";
+/// Setting: the uids machines' VMMs run as, `FIRST-LAST`.
+pub const MVM_JAIL_UID_RANGE: &str = "MVM_JAIL_UID_RANGE";
+/// Setting: CPU cap of every machine's cgroup, in CPUs.
+pub const MVM_CPU_QUOTA: &str = "MVM_CPU_QUOTA";
 
 /// Diagnostics: `mvm exec` writes its step timings (JSON) to this file.
 pub const MVM_TIMINGS_FILE: &str = "MVM_TIMINGS_FILE";
@@ -49,6 +58,9 @@ pub const MVM_FAULT: &str = "MVM_FAULT";
 pub const MVM_FAULT_REACHED: &str = "MVM_FAULT_REACHED";
 /// Build: a prebuilt guest agent to embed instead of compiling one.
 pub const MVM_AGENT_PREBUILT: &str = "MVM_AGENT_PREBUILT";
+/// Tests: Firecracker's OpenAPI document the API contract test checks the
+/// typed models against (read by `mvm-firecracker`'s tests; CI sets it).
+pub const MVM_FIRECRACKER_API_SPEC: &str = "MVM_FIRECRACKER_API_SPEC";
 
 /// Set by mvm on the processes it spawns for a machine (supervisor, VMM):
 /// `<instance dir>#<record id>`, so `doctor`/`gc` can find processes of
@@ -77,11 +89,16 @@ pub const ALL: &[&str] = &[
     MVM_QEMU_BIN,
     MVM_QEMU_ACCEL,
     MVM_FIRECRACKER_RELEASE_URL,
+    MVM_JAILER,
+    MVM_JAILER_BIN,
+    MVM_JAIL_UID_RANGE,
+    MVM_CPU_QUOTA,
     MVM_TIMINGS_FILE,
     MVM_SKIP_LOG,
     MVM_FAULT,
     MVM_FAULT_REACHED,
     MVM_AGENT_PREBUILT,
+    MVM_FIRECRACKER_API_SPEC,
     MVM_MACHINE_TAG,
     MVM_OWNER_FD,
 ];

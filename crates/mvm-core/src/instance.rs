@@ -332,6 +332,11 @@ pub struct InstanceRecord {
     /// Environment variables given with `-e` on `run` (applied to every exec).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// How the machine's VMM is confined (its uid/gid and cgroup), chosen
+    /// at creation; `None`: it runs with mvm's own privileges (not root,
+    /// `--no-jailer`, or a record of an earlier version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 /// The reconciled view of a machine.
@@ -377,6 +382,7 @@ impl InstanceRecord {
             drives: Vec::new(),
             vsock_cid: None,
             env: Vec::new(),
+            isolation: None,
         }
     }
 

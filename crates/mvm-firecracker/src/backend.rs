@@ -230,13 +230,9 @@ impl FirecrackerBackend {
             }
             None => Vec::new(),
         };
-        let inner = jailer::prepare(spec, dir, &layout, iso)
+        jailer::prepare(spec, dir, &layout, iso)
             .map_err(|e| err("cannot prepare the jail").with_source(e))?;
-        let config = BootConfig::with_paths(
-            &inner,
-            Path::new(jailer::inner::VMM_LOG),
-            Path::new(jailer::inner::GUEST_SOCKET),
-        );
+        let config = jailer::boot_config(spec);
         // The jailer passes its own --id on to Firecracker.
         let mut fc = FirecrackerArgs::new(&self.binary, jailer::inner::API_SOCKET);
         fc.enable_pci = self.enable_pci;

@@ -435,18 +435,19 @@ pub fn find_binary(config: &Config, home: &MvmHome) -> Result<PathBuf, InstallEr
     })
 }
 
-/// Find the jailer: `$MVM_JAILER_BIN`, else `jailer` beside the
+/// Find the jailer: `configured` (config `jailer_bin`, or
+/// `MVM_JAILER_BIN` through the config), else `jailer` beside the
 /// Firecracker binary `firecracker` (where `mvm setup` installs both from
-/// the release tarball), else on `PATH`.
-pub fn find_jailer(firecracker: &Path) -> Result<PathBuf, InstallError> {
-    if let Some(p) = std::env::var_os(crate::jailer::JAILER_BIN_ENV).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
+/// the release tarball), else on `PATH`. A path named explicitly must
+/// exist; it is never silently skipped.
+pub fn find_jailer(configured: Option<&Path>, firecracker: &Path) -> Result<PathBuf, InstallError> {
+    if let Some(p) = configured {
+        return if is_executable(p) {
+            Ok(p.to_owned())
         } else {
             Err(InstallError::NotFound {
                 looked: format!(
-                    "{} (from {}, missing or not executable)",
+                    "{} (configured as jailer_bin or {}, missing or not executable)",
                     p.display(),
                     crate::jailer::JAILER_BIN_ENV
                 ),

@@ -56,7 +56,7 @@ use tokio::process::Command;
 pub const FIRECRACKER_OVERHEAD_MIB: u32 = 64;
 
 /// Environment variable naming the jailer binary.
-pub const JAILER_BIN_ENV: &str = "MVM_JAILER_BIN";
+pub const JAILER_BIN_ENV: &str = mvm_core::env::MVM_JAILER_BIN;
 
 /// Paths inside the chroot.
 pub mod inner {
@@ -271,6 +271,36 @@ fn relink(link: &Path, target: &Path) -> Result<(), JailerError> {
     std::os::unix::fs::symlink(target, link).map_err(io_err(link))
 }
 
+/// `spec` as a jailed VMM sees it: the kernel, initramfs and drives at
+/// their paths inside the chroot ([`inner`]). Pure; [`prepare`] puts the
+/// files there.
+pub fn inner_spec(spec: &VmSpec) -> VmSpec {
+    let mut inner_spec = spec.clone();
+    inner_spec.kernel.vmlinux = inner::KERNEL.into();
+    if spec.initrd.is_some() {
+        inner_spec.initrd = Some(inner::INITRD.into());
+    }
+    inner_spec.drives = spec
+        .drives
+        .iter()
+        .map(|d| DriveSpec {
+            path: inner::drive(&d.id).into(),
+            ..d.clone()
+        })
+        .collect();
+    inner_spec
+}
+
+/// The boot configuration of a jailed VMM for `spec` (paths inside the
+/// chroot: kernel, drives, logger, vsock).
+pub fn boot_config(spec: &VmSpec) -> crate::launch::BootConfig {
+    crate::launch::BootConfig::with_paths(
+        &inner_spec(spec),
+        Path::new(inner::VMM_LOG),
+        Path::new(inner::GUEST_SOCKET),
+    )
+}
+
 /// Prepare the chroot of `spec` for the jailer: remove a stale jail, link
 /// in the kernel, initramfs and drives, give per-machine files to the
 /// machine's uid, and point the instance's stable socket paths into the
@@ -285,31 +315,20 @@ pub fn prepare(
     let c = layout.chroot();
     c.create()?;
     let owner = (iso.uid, iso.gid);
-    let mut inner_spec = spec.clone();
+    let inner_spec = inner_spec(spec);
     c.place(&spec.kernel.vmlinux, inner::KERNEL, true)?;
-    inner_spec.kernel.vmlinux = inner::KERNEL.into();
     if let Some(initrd) = &spec.initrd {
         c.place(initrd, inner::INITRD, true)?;
-        inner_spec.initrd = Some(inner::INITRD.into());
     }
     c.mkdir("/drives", Some(owner))?;
-    inner_spec.drives = spec
-        .drives
-        .iter()
-        .map(|d| {
-            // Writable drives and the machine's own files become the
-            // machine's; shared read-only image files stay root's.
-            if !d.read_only || d.path.starts_with(dir.root()) {
-                chroot::give(&d.path, iso.uid, iso.gid)?;
-            }
-            let at = inner::drive(&d.id);
-            c.place(&d.path, &at, d.read_only)?;
-            Ok(DriveSpec {
-                path: at.into(),
-                ..d.clone()
-            })
-        })
-        .collect::<Result<_, JailerError>>()?;
+    for d in &spec.drives {
+        // Writable drives and the machine's own files become the
+        // machine's; shared read-only image files stay root's.
+        if !d.read_only || d.path.starts_with(dir.root()) {
+            chroot::give(&d.path, iso.uid, iso.gid)?;
+        }
+        c.place(&d.path, &inner::drive(&d.id), d.read_only)?;
+    }
     // Firecracker's log: the instance's vmm.log, shared by hard link.
     let log = dir.vmm_log();
     fs_err::OpenOptions::new()

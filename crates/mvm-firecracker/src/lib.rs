@@ -73,7 +73,9 @@ pub fn doctor(config: &Config, home: &MvmHome) -> DoctorInfo {
     if problem.is_none() && !kvm.usable {
         problem = Some(format!("KVM: {}", kvm.reason));
     }
-    let jailer = binary.as_deref().map(install::find_jailer);
+    let jailer = binary
+        .as_deref()
+        .map(|fc| install::find_jailer(config.jailer_bin.as_deref(), fc));
     let host = mvm_jail::doctor();
     let jail_problem = match &jailer {
         None => Some("no firecracker binary".to_owned()),

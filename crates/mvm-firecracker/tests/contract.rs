@@ -15,7 +15,7 @@ use serde_yaml_ng::Value as Yaml;
 
 /// Names the published OpenAPI file (`.ci/run` points it at
 /// `../shared/firecracker/firecracker-api-v1.16.1.yaml`).
-const SPEC_ENV: &str = "MVM_FIRECRACKER_API_SPEC";
+const SPEC_ENV: &str = mvm_core::env::MVM_FIRECRACKER_API_SPEC;
 
 struct Spec {
     doc: Yaml,

@@ -336,20 +336,34 @@ impl Cgroup {
 
     fn populate(&self, h: &Hierarchy, spec: &CgroupSpec) -> Result<(), CgroupError> {
         for root in h.roots() {
-            let mut at = root.clone();
-            let mut chain = vec![root.clone()];
-            for c in spec.parent.split('/').chain([spec.name.as_str()]) {
-                at.push(c);
-                chain.push(at.clone());
-                match fs_err::create_dir(&at) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(CgroupError::Create {
-                            path: at,
-                            source: e,
-                        });
+            let mut chain = Vec::new();
+            // The parents are removed by the release of the home's last
+            // machine (`release_in`): one may vanish between our mkdirs,
+            // then the chain is made again.
+            for attempt in 0.. {
+                let mut at = root.clone();
+                chain = vec![root.clone()];
+                let mut vanished = false;
+                for c in spec.parent.split('/').chain([spec.name.as_str()]) {
+                    at.push(c);
+                    chain.push(at.clone());
+                    match fs_err::create_dir(&at) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => {
+                            vanished = true;
+                            break;
+                        }
+                        Err(e) => {
+                            return Err(CgroupError::Create {
+                                path: at,
+                                source: e,
+                            });
+                        }
                     }
+                }
+                if !vanished {
+                    break;
                 }
             }
             if self.version == CgroupVersion::V2 {
@@ -546,7 +560,26 @@ fn release_in(h: &Hierarchy, spec: &CgroupSpec) -> Result<(), CgroupError> {
             first_err.get_or_insert(e);
         }
     }
+    if first_err.is_none() {
+        remove_empty_parents(h, &spec.parent);
+    }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Remove the parent cgroups of a released machine (`mvm/<home tag>`,
+/// then `mvm`) when nothing else is in them, so that a home leaves no
+/// cgroup behind once its last machine is gone. A parent that still holds
+/// a machine (or was just recreated) cannot be removed, and stays.
+fn remove_empty_parents(h: &Hierarchy, parent: &str) {
+    let comps: Vec<&str> = parent.split('/').collect();
+    for root in h.roots() {
+        for n in (1..=comps.len()).rev() {
+            let dir = comps[..n].iter().fold(root.clone(), |p, c| p.join(c));
+            if fs_err::remove_dir(&dir).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Kill everything in the machine cgroup of `spec`, wait until it is empty

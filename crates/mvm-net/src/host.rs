@@ -197,16 +197,30 @@ impl Drop for MachineNet {
 /// The bridge must exist ([`ensure_host`]). If a later step fails, the TAP
 /// created here is removed again.
 pub fn setup_machine(cfg: &NetConfig, alloc: &NetAllocation) -> Result<MachineNet, HostError> {
+    setup_machine_owned(cfg, alloc, None)
+}
+
+/// [`setup_machine`], with the TAP given to `owner` (uid, gid) when set:
+/// the machine's VMM runs as that uid and opens the TAP by name (a jailed
+/// Firecracker).
+pub fn setup_machine_owned(
+    cfg: &NetConfig,
+    alloc: &NetAllocation,
+    owner: Option<(u32, u32)>,
+) -> Result<MachineNet, HostError> {
     let what = format!("setting up TAP {:?} for {}", alloc.tap, alloc.ip);
     let mut nl = Netlink::open().map_err(nl_err(what.clone()))?;
     link::create_tap(&mut nl, &alloc.tap).map_err(link_err(what.clone()))?;
     // From here on the owner removes the TAP if attaching fails.
-    let owner = MachineNet {
+    let machine = MachineNet {
         alloc: alloc.clone(),
         armed: true,
     };
+    if let Some((uid, gid)) = owner {
+        link::set_tap_owner(&alloc.tap, uid, gid).map_err(link_err(what.clone()))?;
+    }
     link::attach(&mut nl, &alloc.tap, &cfg.bridge).map_err(link_err(what))?;
-    Ok(owner)
+    Ok(machine)
 }
 
 /// Delete the machine's TAP and its egress tables

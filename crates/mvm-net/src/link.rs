@@ -150,6 +150,8 @@ const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 const TUNSETIFF: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<i32>(b'T', 202);
 const TUNSETPERSIST: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<i32>(b'T', 203);
+const TUNSETOWNER: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<i32>(b'T', 204);
+const TUNSETGROUP: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<i32>(b'T', 206);
 
 /// `struct ifreq` as TUNSETIFF reads it: name, flags, padding to 40 bytes.
 #[repr(C)]
@@ -209,6 +211,39 @@ fn tap_ioctls(name: &str) -> Result<(), LinkError> {
         source: e.into(),
     })?;
     // Closing `file` leaves the persistent device behind, without carrier.
+    Ok(())
+}
+
+/// Give persistent TAP `name` to `uid`/`gid` (`TUNSETOWNER`,
+/// `TUNSETGROUP`): a process with those credentials may then attach to it
+/// by name without `CAP_NET_ADMIN` (a jailed Firecracker does).
+pub fn set_tap_owner(name: &str, uid: u32, gid: u32) -> Result<(), LinkError> {
+    let file = open_tap(name)?;
+    let fail = |step| {
+        move |e: rustix::io::Errno| LinkError::Tap {
+            name: name.to_owned(),
+            step,
+            source: e.into(),
+        }
+    };
+    // SAFETY: TUNSETOWNER and TUNSETGROUP take the id by value (an
+    // unsigned long argument), which is what `IntegerSetter` passes; no
+    // memory is read.
+    unsafe {
+        rustix::ioctl::ioctl(
+            file.as_fd(),
+            rustix::ioctl::IntegerSetter::<TUNSETOWNER>::new_usize(uid as usize),
+        )
+    }
+    .map_err(fail("TUNSETOWNER"))?;
+    // SAFETY: as above.
+    unsafe {
+        rustix::ioctl::ioctl(
+            file.as_fd(),
+            rustix::ioctl::IntegerSetter::<TUNSETGROUP>::new_usize(gid as usize),
+        )
+    }
+    .map_err(fail("TUNSETGROUP"))?;
     Ok(())
 }
 

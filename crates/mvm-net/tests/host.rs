@@ -245,3 +245,42 @@ fn without_privileges_the_error_says_what_is_needed() {
         assert!(matches!(e, host::HostError::NeedsRoot { .. }), "{e:?}");
     });
 }
+
+#[test]
+fn a_tap_given_to_a_uid_is_attachable_by_that_uid_only() {
+    if skip_unless_root("a_tap_given_to_a_uid_is_attachable_by_that_uid_only") {
+        return;
+    }
+    in_netns(|| {
+        let cfg = NetConfig::default();
+        host::ensure_host(&cfg).unwrap();
+        let a = allocate(&[], "own", &cfg.subnet).unwrap();
+        let b = allocate(std::slice::from_ref(&a), "root", &cfg.subnet).unwrap();
+        let uid = 1_000_065_000;
+        let owned = host::setup_machine_owned(&cfg, &a, Some((uid, uid))).unwrap();
+        let plain = host::setup_machine(&cfg, &b).unwrap();
+        // A thread (of this namespace) with the machine's credentials
+        // attaches to its own TAP by name, as a jailed Firecracker does,
+        // and not to another one. Credentials are per thread at the
+        // system-call level.
+        let (ta, tb) = (a.tap.clone(), b.tap.clone());
+        let (own, other) = std::thread::spawn(move || {
+            let id = rustix::process::Uid::from_raw(uid);
+            let gid = rustix::process::Gid::from_raw(uid);
+            rustix::thread::set_thread_groups(&[]).unwrap();
+            rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+            rustix::thread::set_thread_res_uid(id, id, id).unwrap();
+            (link::open_tap(&ta).map(drop), link::open_tap(&tb).map(drop))
+        })
+        .join()
+        .unwrap();
+        own.expect("the owner attaches to its TAP");
+        let e = other.expect_err("another uid's TAP is refused");
+        assert!(e.to_string().contains("TUNSETIFF"), "{e}");
+        // Idempotent on an existing TAP; teardown as usual.
+        link::set_tap_owner(&a.tap, uid, uid).unwrap();
+        owned.teardown().unwrap();
+        plain.teardown().unwrap();
+        host::teardown_host(&cfg, &Iptables::default()).unwrap();
+    });
+}

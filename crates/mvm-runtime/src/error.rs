@@ -24,6 +24,9 @@ pub enum RuntimeError {
     /// Host networking.
     #[error(transparent)]
     Network(Box<crate::resources::network::NetworkError>),
+    /// Releasing a VMM's confinement (cgroup, chroot) failed.
+    #[error(transparent)]
+    Jail(Box<mvm_jail::JailError>),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),

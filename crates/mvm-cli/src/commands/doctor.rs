@@ -59,6 +59,14 @@ pub async fn run(a: DoctorArgs) -> Result<u8> {
             package: None,
         },
     });
+    let jail = mvm_runtime::resources::jail::status(rt.config(), rt.home());
+    checks.push(Check {
+        name: "isolation".into(),
+        ok: jail.active,
+        detail: jail.detail,
+        fix: jail.fix,
+        package: None,
+    });
     let images = mvm_image::list(rt.home()).unwrap_or_default();
     let has_default = images.iter().any(|i| i.name == "default");
     checks.push(Check {

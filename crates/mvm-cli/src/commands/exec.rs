@@ -62,6 +62,8 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             ..Default::default()
         },
+        no_jailer: a.no_jailer,
+        cpu_quota: a.cpu_quota,
         ..Default::default()
     };
     mvm_runtime::ops::create::check(&rt, &create)?;

@@ -40,6 +40,8 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             add_dirs: Vec::new(),
         },
+        no_jailer: a.no_jailer,
+        cpu_quota: a.cpu_quota,
     };
     mvm_runtime::ops::create::check(&rt, &opts)?;
     let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;

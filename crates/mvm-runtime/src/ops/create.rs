@@ -1,6 +1,8 @@
 //! Create a machine: validate everything, claim the name (and become the
-//! machine's owner), allocate its vsock CID under the global lock, build its
-//! root disk and drives (outside any global lock), record it `Created`.
+//! machine's owner), allocate its vsock CID and — when its VMM is to be
+//! confined — its uid and cgroup under the global lock
+//! ([`crate::resources::jail`]), build its root disk and drives (outside
+//! any global lock), record it `Created`.
 //!
 //! A creation that fails — bad input, a failing `mkfs`, an interrupt —
 //! leaves nothing: the guard removes the half-made machine, and if the
@@ -14,7 +16,7 @@ use mvm_core::process::ProcessIdentity;
 use mvm_core::registry::OwnerLock;
 
 use crate::resources::backend::select;
-use crate::resources::{disk, drives, network};
+use crate::resources::{disk, drives, jail, network};
 use crate::{Runtime, RuntimeError};
 
 /// Smallest memory a machine may have, MiB.
@@ -41,6 +43,11 @@ pub struct CreateOptions {
     pub ports: Vec<PortMapping>,
     /// Volumes, secrets and added directories.
     pub data: drives::DataOptions,
+    /// `--no-jailer`: run this machine's VMM unconfined even as root.
+    pub no_jailer: bool,
+    /// `--cpu-quota`: the CPU cap of the machine's cgroup (config
+    /// `cpu_quota` when `None`; else its vCPUs).
+    pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
 }
 
 impl Default for CreateOptions {
@@ -55,6 +62,8 @@ impl Default for CreateOptions {
             network: None,
             ports: Vec::new(),
             data: drives::DataOptions::default(),
+            no_jailer: false,
+            cpu_quota: None,
         }
     }
 }
@@ -119,6 +128,19 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     }
     if network == NetworkMode::Nat && network::use_tap() {
         network::settings(config)?;
+    }
+    let confine = jail::policy(config, opts.no_jailer);
+    if opts.cpu_quota.is_some() && !confine.enabled {
+        return Err(RuntimeError::Invalid(format!(
+            "--cpu-quota needs a confined VMM (a cgroup), which is off here: {}",
+            confine.reason
+        )));
+    }
+    if confine.enabled
+        && backend == BackendKind::Firecracker
+        && let Some(fc) = crate::resources::backend::firecracker_binary(config, rt.home())
+    {
+        jail::jailer_binary(config, &fc)?;
     }
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     Ok(())
@@ -187,6 +209,15 @@ pub fn create(
             .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
             .collect();
         rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
+        if jail::policy(rt.config(), opts.no_jailer).enabled {
+            rec.isolation = Some(jail::allocate(
+                registry,
+                rt.config(),
+                rt.home(),
+                &rec,
+                opts.cpu_quota,
+            )?);
+        }
         registry.save(&rec)?;
     }
     if disk::needed(image, opts.transient) {

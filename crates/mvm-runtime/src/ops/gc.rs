@@ -1,8 +1,9 @@
 //! Leftovers and their removal (`mvm doctor` lists them, `mvm gc` removes
 //! them): machines whose owner died (recovered as every command does),
 //! unreadable records nobody owns, mvm processes that belong to no
-//! registered machine of this home, and network objects (TAPs, `mvm:`
-//! rules) that no running machine owns.
+//! registered machine of this home, network objects (TAPs, `mvm:`
+//! rules) that no running machine owns, and VMM confinement (cgroups,
+//! chroot mounts, jail directories) of no machine with a live owner.
 //!
 //! Processes are found by the machine tag mvm puts in the environment of
 //! every supervisor and VMM it spawns ([`mvm_core::env::MVM_MACHINE_TAG`]),
@@ -13,7 +14,7 @@ use mvm_core::process::{TaggedProcess, find_tagged};
 use mvm_core::registry::RegistryError;
 use serde::Serialize;
 
-use crate::resources::network;
+use crate::resources::{jail, network};
 use crate::{Runtime, RuntimeError};
 
 /// Something mvm left behind.
@@ -38,6 +39,12 @@ pub enum Leftover {
         /// What it is.
         what: String,
     },
+    /// A cgroup, chroot mount or jail directory of no machine with a live
+    /// owner.
+    Jail {
+        /// What it is.
+        leftover: jail::JailLeftover,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -54,6 +61,7 @@ impl std::fmt::Display for Leftover {
                 process.instance_dir.display()
             ),
             Leftover::Network { what } => f.write_str(what),
+            Leftover::Jail { leftover } => leftover.fmt(f),
         }
     }
 }
@@ -110,6 +118,9 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<Leftover>, RuntimeError> {
             });
         }
     }
+    for leftover in jail::leftovers(rt) {
+        out.push(Leftover::Jail { leftover });
+    }
     Ok(out)
 }
 
@@ -135,6 +146,12 @@ pub async fn gc(rt: &Runtime) -> Result<GcReport, RuntimeError> {
                 .push(format!("machine {}: {}", r.name, crate::error_chain(&e))),
         }
     }
+    // Confinement first: an unreadable machine's directory cannot be
+    // removed while a chroot mount is inside it, and a cgroup kill ends
+    // processes that no tag finds (the jailer clears the environment).
+    let (removed, kept) = jail::gc(rt);
+    report.removed.extend(removed);
+    report.kept.extend(kept);
     let registry = rt.registry();
     for l in registry.list()? {
         if l.record.is_err()

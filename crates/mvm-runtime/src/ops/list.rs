@@ -61,6 +61,9 @@ pub struct InspectView {
     pub vmm_log: PathBuf,
     /// Supervisor log.
     pub supervisor_log: PathBuf,
+    /// The VMM's confinement: uid, gid, chroot and cgroup (`null`: the VMM
+    /// runs with mvm's own privileges).
+    pub isolation: Option<mvm_jail::IsolationView>,
     /// The persisted record.
     pub record: InstanceRecord,
 }
@@ -121,6 +124,7 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<InspectView, RuntimeError> {
         console_log: dir.console_log(),
         vmm_log: dir.vmm_log(),
         supervisor_log: dir.supervisor_log(),
+        isolation: rec.isolation.as_ref().map(|i| mvm_jail::view(&dir, i)),
         record: rec,
     })
 }

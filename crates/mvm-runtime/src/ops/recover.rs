@@ -23,7 +23,10 @@ pub fn recover_owned(rt: &Runtime, name: &str, lock: &OwnerLock) -> Result<bool,
         Err(RegistryError::NotFound { .. }) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    let observed = rec.observe(false);
+    // The caller owns the machine: a record naming the caller as its owner
+    // (`mvm run` right after creating it) is not a dead owner's.
+    let ours = rec.owner == Some(mvm_core::process::ProcessIdentity::current());
+    let observed = rec.observe(ours);
     if !observed.needs_recovery {
         return Ok(false);
     }

@@ -91,14 +91,23 @@ impl AnyBackend {
         }
     }
 
-    /// The backend of machine `rec`, with QEMU user-mode networking (and
-    /// its port forwards) when the machine has NAT networking without a TAP.
+    /// The backend of machine `rec`: Firecracker under its jailer when the
+    /// machine is confined (`rec.isolation`; QEMU confines itself from the
+    /// spec), QEMU with user-mode networking (and its port forwards) when
+    /// the machine has NAT networking without a TAP.
     pub fn for_record(
         rec: &mvm_core::InstanceRecord,
         config: &Config,
         home: &MvmHome,
     ) -> Result<Self, RuntimeError> {
-        let backend = Self::open(rec.backend, config, home)?;
+        let backend = match Self::open(rec.backend, config, home)? {
+            // A confined Firecracker runs under its jailer.
+            Self::Firecracker(fc) if rec.isolation.is_some() => {
+                let jailer = crate::resources::jail::jailer_binary(config, fc.binary())?;
+                Self::Firecracker(fc.with_jailer(jailer))
+            }
+            other => other,
+        };
         Ok(match backend {
             Self::Qemu(q)
                 if crate::resources::network::Attachment::of(rec)

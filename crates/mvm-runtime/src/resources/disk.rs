@@ -1,6 +1,10 @@
-//! The machine's own writable root disk (`disk.ext4`, sparse), made from the
-//! image's tree when the machine is created. A transient machine of the
-//! default image runs from its initramfs and has no disk.
+//! The machine's own writable root disk (`disk.ext4`, sparse): a copy of
+//! its image's template disk ([`mvm_image::machine_disk`]: a reflink where
+//! the filesystem offers one, else a copy of the template's data extents;
+//! the template is built from the image's tree once, by the first machine).
+//! The copy is the machine's own full ext4, kept across stop/start and
+//! deleted with the machine. A transient machine of the default image runs
+//! from its initramfs and has no disk.
 
 use mvm_core::InstanceDir;
 use mvm_core::instance::{DriveRecord, DriveRole};
@@ -19,7 +23,8 @@ pub fn needed(image: &mvm_image::Image, transient: bool) -> bool {
 pub fn create(image: &mvm_image::Image, dir: &InstanceDir) -> Result<DriveRecord, RuntimeError> {
     let path = dir.disk();
     crate::fault::point("create.disk", None)?;
-    mvm_image::create_machine_disk(image, &path, DEFAULT_DISK_MIB)?;
+    let how = mvm_image::machine_disk(image, &path, DEFAULT_DISK_MIB)?;
+    tracing::debug!(?how, "root disk of {}", dir.name());
     Ok(DriveRecord {
         id: "root".into(),
         path,

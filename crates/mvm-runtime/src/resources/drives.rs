@@ -14,7 +14,11 @@
 //! this module.
 //!
 //! - **config** (`mvm-config`, ro, `/mnt/config`): `config.json` with the
-//!   machine's id, name and network identity.
+//!   machine's id, name and network identity. Built once per content: at
+//!   creation when the machine's address is already known (none, or user
+//!   networking), else at its first start, and again only when the
+//!   content changes (a new address); [`CONFIG_DRIVE_SOURCE`] keeps what
+//!   it was built from.
 //! - **secrets** (`mvm-secrets`, `/mnt/secrets`): the guest copies the
 //!   files into a tmpfs (0400 root) and unmounts the drive. The image (mode
 //!   0600) stays in the instance directory so `mvm start` can boot again;
@@ -45,6 +49,9 @@ use serde::{Deserialize, Serialize};
 
 /// The mounts of a machine, in its instance directory.
 pub const MOUNTS_FILE: &str = "mounts.json";
+/// The `config.json` the config drive was last built from (the drive is
+/// rebuilt only when the record's view of it changes, e.g. the address).
+pub const CONFIG_DRIVE_SOURCE: &str = "config-drive.json";
 /// Present while host directories owe a write-back.
 pub const WRITEBACK_PENDING: &str = "writeback.pending";
 /// How long the write-back of host directories may take (a stop waits this
@@ -253,7 +260,10 @@ pub fn attach(
         mounts.push(m);
     };
 
-    write_config_drive(rec, dir)?;
+    // A machine that gets its address at start builds the drive then.
+    if !(rec.network == mvm_core::instance::NetworkMode::Nat && crate::resources::network::use_tap()) {
+        write_config_drive(rec, dir)?;
+    }
     push(
         rec,
         MountEntry {
@@ -376,25 +386,41 @@ pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DrivesError> {
         .collect()
 }
 
-/// (Re)build the config drive from the record: the address can change
-/// between starts (a stopped machine holds none).
-pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DrivesError> {
+/// (Re)build the config drive from the record, unless it was built from
+/// the same content already (the address can change between starts: a
+/// stopped machine holds none). Returns whether it was built.
+pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<bool, DrivesError> {
     let mut cfg = ConfigJson::new(rec.id.clone(), rec.name.clone());
     if let Some(n) = &rec.net {
         cfg.ip = Some(n.ip);
         cfg.prefix_len = Some(n.prefix);
         cfg.gateway = Some(n.gateway);
     }
+    let source = dir.root().join(CONFIG_DRIVE_SOURCE);
+    let json = serde_json::to_vec(&cfg).expect("plain data serialises");
+    if dir.config_drive().is_file() && fs_err::read(&source).is_ok_and(|old| old == json) {
+        return Ok(false);
+    }
+    // Forget the old content first: a crash between the two writes then
+    // means a rebuild, never a stale drive taken as current.
+    match fs_err::remove_file(&source) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove", &source)(e)),
+    }
     ConfigDrive::build(&dir.config_drive(), &cfg, &[]).map_err(drive_err("config"))?;
-    Ok(())
+    // Not atomic on purpose: a torn file never equals the content, so it
+    // only means one more build.
+    fs_err::write(&source, &json).map_err(io("write", &source))?;
+    Ok(true)
 }
 
-/// Before a (re)start: rebuild the config drive, finish a write-back still
-/// owed, refresh the host-directory images from the host (not on the first
-/// start: `attach` just built them), and mark rw host directories as owing
-/// a write-back.
+/// Before a (re)start: bring the config drive up to date (built only when
+/// its content changed), finish a write-back still owed, refresh the
+/// host-directory images from the host (not on the first start: `attach`
+/// just built them), and mark rw host directories as owing a write-back.
 pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DrivesError> {
-    if dir.config_drive().exists() {
+    if rec.drives.iter().any(|d| d.role == DriveRole::Config) {
         write_config_drive(rec, dir)?;
     }
     let mounts = mounts(dir)?;

@@ -9,10 +9,12 @@
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
 //! - [`backend`]: which hypervisor backend runs a machine;
+//! - [`jail`]: the VMM's confinement (uid/gid, cgroup, chroot);
 //! - [`agent`]: the way in to a running machine's guest agent.
 
 pub mod agent;
 pub mod backend;
 pub mod disk;
 pub mod drives;
+pub mod jail;
 pub mod network;

@@ -180,7 +180,10 @@ pub async fn up(
         let _g = registry.global_lock()?;
         mvm_net::host::ensure_host(&cfg)?;
     }
-    let tap = mvm_net::host::setup_machine(&cfg, &alloc)?;
+    // A confined VMM runs as the machine's uid: a jailed Firecracker opens
+    // the TAP by name, so the TAP is the machine's.
+    let owner = crate::resources::jail::tap_owner(rec);
+    let tap = mvm_net::host::setup_machine_owned(&cfg, &alloc, owner)?;
     let (stop, _) = tokio::sync::watch::channel(());
     let mut net = MachineNetwork {
         tap: Some(tap),

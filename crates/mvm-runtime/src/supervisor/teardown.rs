@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mvm_core::instance::InstanceRecord;
 
-use crate::resources::{drives, network};
+use crate::resources::{drives, jail, network};
 use crate::{Runtime, RuntimeError};
 
 /// How long a killed VMM may take to disappear.
@@ -22,11 +22,15 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 ///
 /// 1. its VMM, if one still runs (by verified pid: the forcible path,
 ///    needed only when its supervisor died);
-/// 2. its sockets;
-/// 3. its network: the TAP, and the bridge and NAT rules when it was the
+/// 2. its confinement: whatever is left in its cgroup is killed (a jailed
+///    VMM lives in its own PID namespace and outlives a SIGKILLed
+///    supervisor, possibly unrecorded: the cgroup is how it is found), the
+///    cgroup removed, the chroot unmounted and removed;
+/// 3. its sockets;
+/// 4. its network: the TAP, and the bridge and NAT rules when it was the
 ///    last machine holding an address;
-/// 4. the write-back of rw host directories, when one is owed;
-/// 5. the record: a transient machine is removed; any other is `Stopped`
+/// 5. the write-back of rw host directories, when one is owed;
+/// 6. the record: a transient machine is removed; any other is `Stopped`
 ///    with `last_exit` (and `error`, or the write-back's failure).
 pub fn release(
     rt: &Runtime,
@@ -53,6 +57,9 @@ pub fn release(
             }
             Err(e) => note(e.into()),
         }
+    }
+    if let Err(e) = jail::release(&dir, rec) {
+        note(RuntimeError::Jail(Box::new(e)));
     }
     super::remove_sockets(&dir);
     if let Err(e) = network::release(rt.config(), rt.registry(), rec) {
