@@ -454,3 +454,77 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
     let again = String::from_utf8_lossy(&out.stdout);
     assert!(!again.contains("cgroup") && !again.contains("jail"), "{again}");
 }
+
+#[test]
+fn jailed_firecracker_faults_leave_no_jail_behind() {
+    // The fault-injection test (e2e_faults) runs QEMU machines; this runs
+    // the steps where a jailed Firecracker exists or is being made: the
+    // supervisor SIGKILLed with the VMM running in its own PID namespace
+    // (it outlives the supervisor: the recovery finds it by its cgroup and
+    // record), the VMM killed, the CLI killed, a failed spawn.
+    const T: &str = "jailed_firecracker_faults_leave_no_jail_behind";
+    let (Some(_), Some(_)) = (firecracker_bin(T), jailer_bin(T)) else {
+        return;
+    };
+    if !needs_root(T) || !can_boot(T) {
+        return;
+    }
+    let p = Place::new("jf");
+    for (i, fault) in [
+        "sup.vmm_spawned=kill",
+        "sup.vmm_spawned=kill-vmm",
+        "start.started=kill",
+        "sup.vmm_spawn=fail",
+        "sup.network=kill",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("jf{i}");
+        let reached = p.home().join(format!("reached{i}"));
+        let out = p.mvm(
+            &["run", "--backend", "firecracker", "--no-wait", "--name", &name],
+            &[
+                (mvm_core::env::MVM_FAULT, fault),
+                (mvm_core::env::MVM_FAULT_REACHED, reached.to_str().unwrap()),
+            ],
+        );
+        let point = fault.split('=').next().unwrap();
+        let was_reached =
+            fs_err::read_to_string(&reached).is_ok_and(|t| t.lines().any(|l| l == point));
+        assert!(
+            was_reached,
+            "{fault}: not reached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The next commands tell the truth: a VMM only for a machine shown
+        // running or starting, none for a stopped one (a VMM killed a
+        // moment ago may still be seen once: its supervisor is reaping it).
+        let mut last = String::new();
+        let mut exists = false;
+        let truthful = wait_until(Duration::from_secs(10), || {
+            let ps: Vec<Value> = serde_json::from_str(&p.ok(&["ps", "-a", "--json"])).unwrap();
+            let m = ps.iter().find(|m| m["name"] == name.as_str());
+            exists = m.is_some();
+            let vmms = crate::common::vmms_under(&p.home().join("instances").join(&name));
+            last = format!("{m:?} with VMMs {vmms:?}");
+            match m.map(|m| m["status"].as_str().unwrap()) {
+                Some("running" | "starting") => vmms.len() == 1,
+                _ => vmms.is_empty(),
+            }
+        });
+        assert!(truthful, "{fault}: {last}");
+        if exists {
+            p.ok(&["rm", "-f", &name]);
+        }
+        assert_eq!(p.taps(), Vec::<String>::new(), "{fault}");
+        assert_nothing_left(p.home(), fault);
+        let gc = p.mvm(&["gc"], &[]);
+        assert!(gc.status.success());
+        assert!(
+            String::from_utf8_lossy(&gc.stdout).trim().is_empty(),
+            "{fault}: gc found {}",
+            String::from_utf8_lossy(&gc.stdout)
+        );
+    }
+}

@@ -177,6 +177,7 @@ impl FirecrackerBackend {
         let info = process::wait_ready(child, &client, deadline)
             .await
             .map_err(|e| err("firecracker did not start").with_source(e))?;
+        tracing::debug!("timing: API answers");
         match self.start_mode {
             StartMode::Api => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -185,10 +186,12 @@ impl FirecrackerBackend {
                     .apply(&client)
                     .await
                     .map_err(|e| err("configuring the VM failed").with_source(e))?;
+                tracing::debug!("timing: configured");
                 client
                     .instance_start()
                     .await
                     .map_err(|e| err("starting the VM failed").with_source(e))?;
+                tracing::debug!("timing: InstanceStart accepted");
             }
             StartMode::ConfigFile => {
                 if info.state == InstanceState::NotStarted {
@@ -230,8 +233,10 @@ impl FirecrackerBackend {
             }
             None => Vec::new(),
         };
+        tracing::debug!("timing: cgroup created");
         jailer::prepare(spec, dir, &layout, iso)
             .map_err(|e| err("cannot prepare the jail").with_source(e))?;
+        tracing::debug!("timing: chroot prepared");
         let config = jailer::boot_config(spec);
         // The jailer passes its own --id on to Firecracker.
         let mut fc = FirecrackerArgs::new(&self.binary, jailer::inner::API_SOCKET);
@@ -282,6 +287,7 @@ impl FirecrackerBackend {
         if !status.success() {
             return Err(err(format!("the jailer failed ({status})")));
         }
+        tracing::debug!("timing: the jailer exited");
         let pid_file = layout.pid_file();
         let pid: u32 = fs_err::read_to_string(&pid_file)
             .map_err(|e| err("the jailer wrote no pid file").with_source(e))?

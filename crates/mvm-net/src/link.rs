@@ -166,16 +166,29 @@ struct IfReq {
 /// it does not exist. While the returned file is open the TAP has carrier.
 pub fn open_tap(name: &str) -> Result<std::fs::File, LinkError> {
     check_name(name)?;
+    let file = fs_err::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map_err(|source| LinkError::Tap {
+            name: name.to_owned(),
+            step: "open",
+            source,
+        })?;
+    attach_tap(file.into_parts().0, name)
+}
+
+/// Attach `tun`, an open [`TUN_DEVICE`], to TAP `name` (`TUNSETIFF`, as
+/// [`open_tap`]). The kernel checks the TAP's owner against the caller's
+/// credentials here, not at `open`.
+pub fn attach_tap(tun: std::fs::File, name: &str) -> Result<std::fs::File, LinkError> {
+    check_name(name)?;
     let tap_err = |step, source| LinkError::Tap {
         name: name.to_owned(),
         step,
         source,
     };
-    let file = fs_err::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(TUN_DEVICE)
-        .map_err(|e| tap_err("open", e))?;
+    let file = fs_err::File::from_parts(tun, TUN_DEVICE);
     let mut req = IfReq {
         name: [0; 16],
         flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,

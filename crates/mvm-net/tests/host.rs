@@ -255,27 +255,33 @@ fn a_tap_given_to_a_uid_is_attachable_by_that_uid_only() {
         let cfg = NetConfig::default();
         host::ensure_host(&cfg).unwrap();
         let a = allocate(&[], "own", &cfg.subnet).unwrap();
-        let b = allocate(std::slice::from_ref(&a), "root", &cfg.subnet).unwrap();
+        let b = allocate(std::slice::from_ref(&a), "other", &cfg.subnet).unwrap();
         let uid = 1_000_065_000;
         let owned = host::setup_machine_owned(&cfg, &a, Some((uid, uid))).unwrap();
-        let plain = host::setup_machine(&cfg, &b).unwrap();
+        // Another machine's TAP (an unowned TAP is open to any uid that can
+        // open the device).
+        let plain = host::setup_machine_owned(&cfg, &b, Some((uid + 1, uid + 1))).unwrap();
         // A thread (of this namespace) with the machine's credentials
         // attaches to its own TAP by name, as a jailed Firecracker does,
-        // and not to another one. Credentials are per thread at the
+        // and not to another machine's. Credentials are per thread at the
         // system-call level.
+        // (The device is opened as root first: /dev/net/tun may be 0600;
+        // the jailer makes the VMM its own node.)
         let (ta, tb) = (a.tap.clone(), b.tap.clone());
+        let tun = || fs_err::File::options().read(true).write(true).open(link::TUN_DEVICE).unwrap().into_parts().0;
+        let (t1, t2) = (tun(), tun());
         let (own, other) = std::thread::spawn(move || {
             let id = rustix::process::Uid::from_raw(uid);
             let gid = rustix::process::Gid::from_raw(uid);
             rustix::thread::set_thread_groups(&[]).unwrap();
             rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
             rustix::thread::set_thread_res_uid(id, id, id).unwrap();
-            (link::open_tap(&ta).map(drop), link::open_tap(&tb).map(drop))
+            (link::attach_tap(t1, &ta).map(drop), link::attach_tap(t2, &tb).map(drop))
         })
         .join()
         .unwrap();
         own.expect("the owner attaches to its TAP");
-        let e = other.expect_err("another uid's TAP is refused");
+        let e = other.expect_err("another machine's TAP is refused");
         assert!(e.to_string().contains("TUNSETIFF"), "{e}");
         // Idempotent on an existing TAP; teardown as usual.
         link::set_tap_owner(&a.tap, uid, uid).unwrap();

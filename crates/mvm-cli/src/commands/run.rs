@@ -9,6 +9,7 @@ use crate::commands::{parse_env, runtime};
 
 pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     let rt = runtime()?;
+    tracing::debug!("timing: runtime open");
     let home_dir = std::env::var_os("HOME").map(std::path::PathBuf::from);
     // Every input is parsed and checked before anything is created or booted.
     let opts = CreateOptions {
@@ -45,6 +46,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     };
     mvm_runtime::ops::create::check(&rt, &opts)?;
     let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
+    tracing::debug!("timing: options checked, image ready");
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
     let wait = if a.no_wait {

@@ -220,13 +220,16 @@ pub fn create(
         }
         registry.save(&rec)?;
     }
+    tracing::debug!("timing: name claimed, CID and confinement allocated");
     if disk::needed(image, opts.transient) {
         rec.drives.push(disk::create(image, &dir)?);
     }
+    tracing::debug!("timing: root disk made");
     crate::fault::point("create.drives", None)?;
     drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
     rec.transition(Status::Created)?;
     registry.save(&rec)?;
+    tracing::debug!("timing: drives built, machine created");
     unfinished.name = None;
     Ok(Created { record: rec, lock })
 }

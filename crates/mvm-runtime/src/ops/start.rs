@@ -129,6 +129,7 @@ pub async fn start_owned(
         s
     };
     drop(lock);
+    tracing::debug!("timing: supervisor spawned");
     crate::fault::point("start.handed_over", None)?;
 
     let mut report = StartReport::default();

@@ -164,6 +164,7 @@ pub async fn supervise(
     };
     let mut held = Held::default();
     crate::fault::point("sup.adopted", None)?;
+    tracing::debug!("timing: supervisor adopted the machine");
     let record = rt.registry().update(name, |r| {
         r.owner = Some(me);
         r.owner_role = OwnerRole::Supervisor;
@@ -212,6 +213,7 @@ impl Supervisor<'_> {
         };
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
+        tracing::debug!("timing: VMM launched");
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
@@ -338,6 +340,7 @@ impl Supervisor<'_> {
     ) -> Result<(AnyBackend, mvm_core::backend::VmSpec), RuntimeError> {
         let rt = self.rt;
         let registry = rt.registry();
+        // (`timing:` events: `MVM_LOG=debug` profiles a start step by step.)
         drives::check_volumes_free(registry, &rec)?;
         let rec = if network::wants_tap(&rec) && rec.net.is_none() {
             let cfg = network::settings(rt.config())?;
@@ -345,12 +348,17 @@ impl Supervisor<'_> {
         } else {
             rec
         };
+        tracing::debug!("timing: volumes checked, address allocated");
         let backend = AnyBackend::for_record(&rec, rt.config(), rt.home())?;
+        tracing::debug!("timing: backend opened");
         drives::prepare_start(&rec, &self.dir)?;
+        tracing::debug!("timing: drives prepared");
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
+        tracing::debug!("timing: network up");
         let spec = spec::for_record(rt, &rec)?;
         remove_sockets(&self.dir);
+        tracing::debug!("timing: spec built");
         crate::fault::point("sup.vmm_spawn", None)?;
         Ok((backend, spec))
     }
