@@ -4,14 +4,15 @@
 //! # Process
 //!
 //! `jailer --id <name> --exec-file <firecracker> --uid U --gid G
-//! --chroot-base-dir <instance>/jail --cgroup-version 1|2 --parent-cgroup
-//! mvm/<home tag> --cgroup <file>=<value>... --new-pid-ns -- --api-sock
-//! /run/fc.sock [--id <name>] [--config-file /fc-config.json]`
-//! ([`JailerArgs`]). The jailer copies the Firecracker binary into the
-//! chroot (its own choice: it will not exec a hard link another uid could
-//! have changed), joins the machine's cgroup (which mvm created with the
-//! same limits beforehand, and into which mvm also moved the jailer between
-//! fork and exec), unshares a mount namespace and `pivot_root`s into
+//! --chroot-base-dir <instance>/jail --cgroup-version 1|2 --new-pid-ns --
+//! --api-sock /run/fc.sock [--id <name>] [--config-file /fc-config.json]`
+//! ([`JailerArgs`]). The jailer is given no cgroup to make: mvm creates
+//! the machine's cgroup with its limits (`mvm_jail::cgroup`, v1 or v2) and
+//! moves the jailer into it between fork and exec, so the VMM is born in
+//! it (and the jailer's own cgroup code, which cannot use this host's v2
+//! hierarchy, is not involved). The jailer copies the Firecracker binary
+//! into the chroot (its own choice: it will not exec a hard link another
+//! uid could have changed), unshares a mount namespace and `pivot_root`s into
 //! `<instance>/jail/firecracker/<name>/root`, creates `/dev/kvm`,
 //! `/dev/net/tun`, `/dev/urandom` there, drops to U:G, clones the VMM
 //! into a new PID namespace (where it is PID 1), writes its pid to
@@ -137,17 +138,13 @@ impl JailerArgs {
         dir: &InstanceDir,
         firecracker: Vec<OsString>,
     ) -> Self {
-        let (cgroup_version, parent_cgroup, cgroups) = match &iso.cgroup {
-            Some(cg) => (
-                cg.version.number(),
-                Some(cg.parent.clone()),
-                mvm_jail::cgroup::limit_files(cg.version, &cg.limits)
-                    .into_iter()
-                    .map(|(f, v)| format!("{f}={v}"))
-                    .collect(),
-            ),
-            None => (1, None, Vec::new()),
-        };
+        // The cgroup is mvm's (created with its limits, the jailer moved
+        // into it before exec): nothing for the jailer to do.
+        let (cgroup_version, parent_cgroup, cgroups) = (
+            iso.cgroup.as_ref().map_or(1, |cg| cg.version.number()),
+            None,
+            Vec::new(),
+        );
         Self {
             jailer: jailer.to_owned(),
             exec_file: exec_file.to_owned(),
@@ -386,29 +383,14 @@ mod tests {
             .map(|s| s.to_string_lossy().into())
             .collect();
         let s = v.join(" ");
-        assert!(s.starts_with("--id web --exec-file /bin/firecracker --uid 1000000007 --gid 1000000007 --chroot-base-dir /h/instances/web/jail --cgroup-version 1 --parent-cgroup mvm/abcd1234 "), "{s}");
-        assert!(
-            s.contains(&format!("--cgroup memory.limit_in_bytes={}", 320u64 << 20)),
-            "{s}"
-        );
-        assert!(s.contains("--cgroup cpu.cfs_quota_us=200000"), "{s}");
+        assert!(s.starts_with("--id web --exec-file /bin/firecracker --uid 1000000007 --gid 1000000007 --chroot-base-dir /h/instances/web/jail --cgroup-version 1 --new-pid-ns"), "{s}");
+        // mvm makes the cgroup and places the jailer in it.
+        assert!(!s.contains("--cgroup ") && !s.contains("--parent-cgroup"), "{s}");
         assert!(
             s.ends_with("--new-pid-ns -- --api-sock /run/fc.sock"),
             "{s}"
         );
         assert!(!s.contains("seccomp"), "default filters: {s}");
-        // v2 values with a space stay one argument.
-        let mut iso2 = iso.clone();
-        iso2.cgroup.as_mut().unwrap().version = CgroupVersion::V2;
-        let a = JailerArgs::new(
-            Path::new("/bin/jailer"),
-            Path::new("/bin/firecracker"),
-            "web",
-            &iso2,
-            &dir,
-            vec![],
-        );
-        assert!(a.argv().contains(&OsString::from("cpu.max=200000 100000")));
         let l = JailLayout {
             base: dir.jail_dir(),
             exec_name: "firecracker".into(),

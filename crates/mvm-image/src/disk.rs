@@ -182,9 +182,16 @@ fn reflink(src: &fs_err::File, dst: &fs_err::File) -> std::io::Result<()> {
 /// (built on first use). `dest` is replaced atomically.
 pub fn machine_disk(image: &Image, dest: &Path, size_mib: u64) -> Result<DiskCopy, ImageError> {
     let template = ensure_template(image, size_mib)?;
+    clone_file(&template, dest)
+}
+
+/// Make `dest` a copy of `template` that shares nothing with it: a reflink
+/// where the filesystem offers one, else a copy of its data extents (holes
+/// stay holes). `dest` is replaced atomically (mode 0600).
+pub fn clone_file(template: &Path, dest: &Path) -> Result<DiskCopy, ImageError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new().prefix(".disk-").tempfile_in(dir)?;
-    let src = fs_err::File::open(&template)?;
+    let src = fs_err::File::open(template)?;
     let len = src.metadata()?.len();
     let dst = fs_err::OpenOptions::new().write(true).open(tmp.path())?;
     let how = match reflink(&src, &dst) {

@@ -43,6 +43,7 @@ mod cmd;
 pub mod disk;
 pub mod initramfs;
 pub mod kernel;
+mod memo;
 pub mod modules;
 pub mod oci;
 pub mod tree;
@@ -57,7 +58,7 @@ use sha2::{Digest, Sha256};
 
 pub use agent::{AGENT_BINARY, AGENT_SHA256};
 pub use cmd::{CommandError, which};
-pub use disk::{DiskCopy, machine_disk};
+pub use disk::{DiskCopy, clone_file, machine_disk};
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;
 pub use modules::ModulesError;
@@ -503,11 +504,12 @@ pub fn build_with_kernel(
         kernel,
         progress,
     )?;
-    mvm_core::atomic::write_atomic(
-        &tags_dir(home).join(name),
-        format!("{digest}\n").as_bytes(),
-        0o644,
-    )?;
+    let tag = tags_dir(home).join(name);
+    let line = format!("{digest}\n");
+    // Rewritten (and synced) only when it changes: most runs find it so.
+    if fs_err::read_to_string(&tag).ok().as_deref() != Some(line.as_str()) {
+        mvm_core::atomic::write_atomic(&tag, line.as_bytes(), 0o644)?;
+    }
     open(name, &home.images_dir().join(&digest))
 }
 
@@ -562,9 +564,23 @@ fn ensure_built(
     let images = home.images_dir();
     fs_err::create_dir_all(&images)?;
     let k = kernel_input(home, kernel, progress)?;
-    let busybox = tree::host_busybox()?;
+    // The digest's inputs, remembered while their files are unchanged
+    // (`memo`): busybox is read and hashed only when an image is built.
+    let cache = home.cache_dir();
+    let busybox_sha = memo::remember(&cache, "busybox-sha256", &[Path::new(tree::HOST_BUSYBOX)], || {
+        tree::host_busybox().map(|b| b.sha256)
+    })?;
     let resolved = match &k.modules_dir {
-        Some(dir) => modules::resolve_dir(dir, modules::GUEST_MODULES)?,
+        Some(dir) => {
+            let files = ["modules.dep", "modules.builtin", "modules.order"].map(|f| dir.join(f));
+            let key = format!(
+                "modules-{}",
+                &hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()))[..16]
+            );
+            memo::remember(&cache, &key, &files.each_ref().map(PathBuf::as_path), || {
+                modules::resolve_dir(dir, modules::GUEST_MODULES)
+            })?
+        }
         None => modules::Resolved::default(),
     };
     let kind = match source {
@@ -578,7 +594,7 @@ fn ensure_built(
             format!("format {FORMAT_VERSION}"),
             format!("agent {}", AGENT_SHA256.trim()),
             format!("kernel {}", k.sha256),
-            format!("busybox {}", busybox.sha256),
+            format!("busybox {busybox_sha}"),
             format!("modules {}", resolved.order.join(" ")),
             format!("tree {tree_key}"),
             format!("size {size_key}"),
@@ -590,6 +606,13 @@ fn ensure_built(
     };
     let final_dir = images.join(&digest);
     if !final_dir.join("manifest.json").is_file() {
+        let busybox = tree::host_busybox()?;
+        if busybox.sha256 != busybox_sha {
+            return Err(ImageError::Io(std::io::Error::other(format!(
+                "{} changed while the image was being built; try again",
+                tree::HOST_BUSYBOX
+            ))));
+        }
         sweep_stale_temps(&images);
         progress.step(&format!("building image {name} ({})", &digest[..12]));
         build_into(
@@ -1028,8 +1051,8 @@ pub struct ToolCheck {
 pub fn host_tools() -> Vec<ToolCheck> {
     let mut out = Vec::new();
     // Reading the ELF headers is enough (and cheap: this runs on every
-    // `mvm run`); the applets are listed when an image is built.
-    let bb = match tree::host_busybox() {
+    // `mvm run`; no hash); the applets are listed when an image is built.
+    let bb = match tree::check_host_busybox() {
         Ok(_) => (true, format!("{} (static)", tree::HOST_BUSYBOX)),
         Err(e) => (false, e.to_string()),
     };

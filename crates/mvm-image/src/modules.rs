@@ -84,7 +84,7 @@ pub fn module_name(path: &str) -> String {
 }
 
 /// The result of resolving a set of modules.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     /// Paths (as in modules.dep) in load order: dependencies first.
     pub order: Vec<String>,

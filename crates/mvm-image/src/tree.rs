@@ -78,6 +78,20 @@ pub struct Busybox {
 
 /// Load the host's static busybox.
 pub fn host_busybox() -> Result<Busybox, TreeError> {
+    let bytes = read_host_busybox()?;
+    Ok(Busybox {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        bytes,
+    })
+}
+
+/// Whether the host's busybox is a static 64-bit build (read and parsed,
+/// not hashed: cheap enough for every `mvm run`).
+pub fn check_host_busybox() -> Result<(), TreeError> {
+    read_host_busybox().map(drop)
+}
+
+fn read_host_busybox() -> Result<Vec<u8>, TreeError> {
     let path = Path::new(HOST_BUSYBOX);
     let bytes = fs_err::read(path).map_err(|e| TreeError::Busybox {
         path: path.to_owned(),
@@ -89,10 +103,7 @@ pub fn host_busybox() -> Result<Busybox, TreeError> {
             why,
         });
     }
-    Ok(Busybox {
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        bytes,
-    })
+    Ok(bytes)
 }
 
 impl Busybox {

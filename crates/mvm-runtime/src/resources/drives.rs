@@ -262,7 +262,7 @@ pub fn attach(
 
     // A machine that gets its address at start builds the drive then.
     if !(rec.network == mvm_core::instance::NetworkMode::Nat && crate::resources::network::use_tap()) {
-        write_config_drive(rec, dir)?;
+        write_config_drive(home, rec, dir)?;
     }
     push(
         rec,
@@ -389,7 +389,11 @@ pub fn kernel_args(dir: &InstanceDir) -> Result<Vec<String>, DrivesError> {
 /// (Re)build the config drive from the record, unless it was built from
 /// the same content already (the address can change between starts: a
 /// stopped machine holds none). Returns whether it was built.
-pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<bool, DrivesError> {
+pub fn write_config_drive(
+    home: &MvmHome,
+    rec: &InstanceRecord,
+    dir: &InstanceDir,
+) -> Result<bool, DrivesError> {
     let mut cfg = ConfigJson::new(rec.id.clone(), rec.name.clone());
     if let Some(n) = &rec.net {
         cfg.ip = Some(n.ip);
@@ -408,7 +412,12 @@ pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<boo
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("remove", &source)(e)),
     }
-    ConfigDrive::build(&dir.config_drive(), &cfg, &[]).map_err(drive_err("config"))?;
+    let dest = dir.config_drive();
+    let templated = crate::resources::config_template::write(home, &dest, &cfg)
+        .map_err(io("write", &dest))?;
+    if !templated {
+        ConfigDrive::build(&dest, &cfg, &[]).map_err(drive_err("config"))?;
+    }
     // Not atomic on purpose: a torn file never equals the content, so it
     // only means one more build.
     fs_err::write(&source, &json).map_err(io("write", &source))?;
@@ -419,9 +428,13 @@ pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<boo
 /// its content changed), finish a write-back still owed, refresh the
 /// host-directory images from the host (not on the first start: `attach`
 /// just built them), and mark rw host directories as owing a write-back.
-pub fn prepare_start(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(), DrivesError> {
+pub fn prepare_start(
+    home: &MvmHome,
+    rec: &InstanceRecord,
+    dir: &InstanceDir,
+) -> Result<(), DrivesError> {
     if rec.drives.iter().any(|d| d.role == DriveRole::Config) {
-        write_config_drive(rec, dir)?;
+        write_config_drive(home, rec, dir)?;
     }
     let mounts = mounts(dir)?;
     if mounts.iter().all(|m| m.host_dir.is_none()) {

@@ -5,6 +5,7 @@
 //! owner's death can run it.
 //!
 //! - [`disk`]: the machine's own writable root disk;
+//! - [`config_template`]: the config drive from a per-home template;
 //! - [`drives`]: config and secrets drives, named volumes, host directories
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod config_template;
 pub mod disk;
 pub mod drives;
 pub mod jail;

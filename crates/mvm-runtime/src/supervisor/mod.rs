@@ -351,7 +351,7 @@ impl Supervisor<'_> {
         tracing::debug!("timing: volumes checked, address allocated");
         let backend = AnyBackend::for_record(&rec, rt.config(), rt.home())?;
         tracing::debug!("timing: backend opened");
-        drives::prepare_start(&rec, &self.dir)?;
+        drives::prepare_start(rt.home(), &rec, &self.dir)?;
         tracing::debug!("timing: drives prepared");
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
