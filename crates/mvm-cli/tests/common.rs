@@ -108,7 +108,9 @@ pub fn vmms_under(dir: &Path) -> Vec<u32> {
                 env.split(|b| *b == 0).any(|v| {
                     String::from_utf8_lossy(v)
                         .strip_prefix("MVM_MACHINE=")
-                        .is_some_and(|t| Path::new(t.split('#').next().unwrap_or_default()).starts_with(dir))
+                        .is_some_and(|t| {
+                            Path::new(t.split('#').next().unwrap_or_default()).starts_with(dir)
+                        })
                 })
             });
         if mine {

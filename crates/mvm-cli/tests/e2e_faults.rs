@@ -266,7 +266,10 @@ fn run_case(op: Op, point: &str, action: Action, n: usize) -> String {
     let net = place.network_leftovers();
     assert!(net.is_empty(), "{case}: network objects left: {net:?}");
     let jail = jail_leftovers(place.home);
-    assert!(jail.is_empty(), "{case}: cgroups, mounts or chroots left: {jail:?}");
+    assert!(
+        jail.is_empty(),
+        "{case}: cgroups, mounts or chroots left: {jail:?}"
+    );
     assert!(
         !volume_existed || volume.exists(),
         "{case}: the named volume was lost"

@@ -202,7 +202,10 @@ fn firecracker_run_no_wait_config_pause_resume_stop() {
     } else {
         // Jailed (root): the VMM names its socket inside its chroot, and
         // `fc.sock` is the stable link to it.
-        assert!(cmdline.contains(mvm_firecracker::jailer::inner::API_SOCKET), "{cmdline}");
+        assert!(
+            cmdline.contains(mvm_firecracker::jailer::inner::API_SOCKET),
+            "{cmdline}"
+        );
     }
 
     // GET /vm/config shows exactly what mvm intended.

@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{
-    assert_nothing_left, can_boot, curl_get, ensure_image, fc_get, firecracker_bin,
-    jail_leftovers, mvm, own_home, wait_until,
+    assert_nothing_left, can_boot, curl_get, ensure_image, fc_get, firecracker_bin, jail_leftovers,
+    mvm, own_home, wait_until,
 };
 use crate::e2e_net::{NetNs, is_root};
 
@@ -141,7 +141,11 @@ fn check_confined(v: &Value, pid: u32, memory_mib: u64, quota_us: u64) -> (u32, 
     assert_ne!(gid, 0);
     assert_eq!(status_field(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
     assert_eq!(status_field(pid, "Gid"), format!("{gid} {gid} {gid} {gid}"));
-    assert_eq!(status_field(pid, "Seccomp"), "2", "VMM {pid} has no seccomp filter");
+    assert_eq!(
+        status_field(pid, "Seccomp"),
+        "2",
+        "VMM {pid} has no seccomp filter"
+    );
     let dirs: Vec<PathBuf> = iso["cgroup"]
         .as_array()
         .expect("cgroup directories")
@@ -278,7 +282,10 @@ fn jailed_firecracker_run_is_confined_and_rm_leaves_nothing() {
     }
 
     // The TAP belongs to the machine's uid (a jailed VMM opens it by name).
-    let tap = v["record"]["net"]["tap"].as_str().expect("a TAP").to_owned();
+    let tap = v["record"]["net"]["tap"]
+        .as_str()
+        .expect("a TAP")
+        .to_owned();
     let owner = p.ns.run(&["cat", &format!("/sys/class/net/{tap}/owner")]);
     assert_eq!(owner.trim(), uid.to_string());
 
@@ -296,7 +303,11 @@ fn jailed_firecracker_run_is_confined_and_rm_leaves_nothing() {
     assert!(gone(pid, &started), "VMM {pid} is still running");
     for d in &cgroups {
         assert!(!d.exists(), "cgroup {} left", d.display());
-        assert!(!d.parent().unwrap().exists(), "parent cgroup of {} left", d.display());
+        assert!(
+            !d.parent().unwrap().exists(),
+            "parent cgroup of {} left",
+            d.display()
+        );
     }
     assert!(!chroot.exists());
     assert_eq!(p.taps(), Vec::<String>::new());
@@ -331,7 +342,15 @@ fn qemu_vmm_runs_as_its_own_uid_with_seccomp_and_leaves_nothing() {
     }
     let p = Place::new("q");
     let name = "jq";
-    p.ok(&["run", "--backend", "qemu", "--name", name, "--memory", "256"]);
+    p.ok(&[
+        "run",
+        "--backend",
+        "qemu",
+        "--name",
+        name,
+        "--memory",
+        "256",
+    ]);
     let v = p.inspect(name);
     let pid = v["vmm_pid"].as_u64().expect("vmm_pid") as u32;
     let started = start_time(pid);
@@ -342,10 +361,20 @@ fn qemu_vmm_runs_as_its_own_uid_with_seccomp_and_leaves_nothing() {
     let ip = v["record"]["net"]["ip"].as_str().expect("an address");
     let addrs = p.ok(&["exec", name, "--", "ip", "-4", "-o", "addr"]);
     assert!(addrs.contains(ip), "{addrs}");
-    p.ok(&["exec", name, "--", "sh", "-c", "echo kept > /root/f && sync"]);
+    p.ok(&[
+        "exec",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/f && sync",
+    ]);
     p.ok(&["stop", name]);
     assert!(gone(pid, &started), "VMM {pid} is still running after stop");
-    assert!(cgroups.iter().all(|d| !d.exists()), "cgroup left after stop");
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup left after stop"
+    );
     p.ok(&["start", name]);
     assert_eq!(p.ok(&["exec", name, "--", "cat", "/root/f"]), "kept\n");
     let v = p.inspect(name);
@@ -354,7 +383,10 @@ fn qemu_vmm_runs_as_its_own_uid_with_seccomp_and_leaves_nothing() {
     let (uid2, _) = check_confined(&v, pid, 256, 100_000);
     assert_eq!(uid, uid2, "a machine keeps its uid across starts");
     p.ok(&["rm", "-f", name]);
-    assert!(gone(pid, &started), "VMM {pid} is still running after rm -f");
+    assert!(
+        gone(pid, &started),
+        "VMM {pid} is still running after rm -f"
+    );
     assert_eq!(p.taps(), Vec::<String>::new());
     assert_nothing_left(p.home(), T);
 }
@@ -382,7 +414,11 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let check = |v: &Value, n: &str| -> Value {
@@ -399,7 +435,10 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
     assert!(on["detail"].as_str().unwrap().starts_with("on:"), "{on}");
     let off = check(&doctor(&[("MVM_JAILER", "0")]), "isolation");
     assert_eq!(off["ok"], false, "{off}");
-    assert!(off["detail"].as_str().unwrap().contains("jailer = false"), "{off}");
+    assert!(
+        off["detail"].as_str().unwrap().contains("jailer = false"),
+        "{off}"
+    );
     assert!(off["fix"].as_str().is_some(), "{off}");
 
     // Leftovers of no machine: a cgroup with a process in it, and a jail
@@ -414,11 +453,16 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
             limits: mvm_jail::cgroup::limits_for(1, 64, 0, None),
         };
         let cg = mvm_jail::Cgroup::create(&h, &spec).unwrap();
-        let child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
         cg.add_pid(child.id()).unwrap();
         sleeper = Some(child);
     } else {
-        mvm_core::testing::skip(&format!("SKIPPED: {T} (cgroup part): no memory+cpu hierarchy"));
+        mvm_core::testing::skip(&format!(
+            "SKIPPED: {T} (cgroup part): no memory+cpu hierarchy"
+        ));
     }
     let jail = mhome.instance("ghost2").jail_dir();
     let target = jail.join("firecracker/ghost2/root/drives");
@@ -430,14 +474,24 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
 
     let leftovers = check(&doctor(&[]), "leftovers");
     let detail = leftovers["detail"].as_str().unwrap();
-    assert!(detail.contains(&format!("mount {}", target.display())), "{detail}");
-    assert!(detail.contains(&format!("jail directory {}", jail.display())), "{detail}");
+    assert!(
+        detail.contains(&format!("mount {}", target.display())),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(&format!("jail directory {}", jail.display())),
+        "{detail}"
+    );
     if sleeper.is_some() {
         assert!(detail.contains("cgroup of machine ghost"), "{detail}");
     }
     let out = mvm(home.path()).arg("gc").output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains("removed"), "{said}");
     assert!(!jail.exists(), "{said}");
     if let Some(mut child) = sleeper {
@@ -452,7 +506,10 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
     let out = mvm(home.path()).arg("gc").output().unwrap();
     assert!(out.status.success());
     let again = String::from_utf8_lossy(&out.stdout);
-    assert!(!again.contains("cgroup") && !again.contains("jail"), "{again}");
+    assert!(
+        !again.contains("cgroup") && !again.contains("jail"),
+        "{again}"
+    );
 }
 
 #[test]
@@ -483,7 +540,14 @@ fn jailed_firecracker_faults_leave_no_jail_behind() {
         let name = format!("jf{i}");
         let reached = p.home().join(format!("reached{i}"));
         let out = p.mvm(
-            &["run", "--backend", "firecracker", "--no-wait", "--name", &name],
+            &[
+                "run",
+                "--backend",
+                "firecracker",
+                "--no-wait",
+                "--name",
+                &name,
+            ],
             &[
                 (mvm_core::env::MVM_FAULT, fault),
                 (mvm_core::env::MVM_FAULT_REACHED, reached.to_str().unwrap()),

@@ -282,9 +282,9 @@ impl Config {
             self.jailer_bin = Some(v.into());
         }
         if let Some(v) = get(MVM_JAIL_UID_RANGE) {
-            self.jail_uid_range = v
-                .parse()
-                .map_err(|e: crate::isolation::UidError| bad(MVM_JAIL_UID_RANGE, &v, e.to_string()))?;
+            self.jail_uid_range = v.parse().map_err(|e: crate::isolation::UidError| {
+                bad(MVM_JAIL_UID_RANGE, &v, e.to_string())
+            })?;
         }
         if let Some(v) = get(MVM_CPU_QUOTA) {
             self.cpu_quota = Some(v.parse().map_err(|e| bad(MVM_CPU_QUOTA, &v, e))?);

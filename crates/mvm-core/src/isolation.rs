@@ -327,7 +327,9 @@ mod tests {
             assert_eq!(q.millis(), millis, "{text}");
             assert_eq!(q.to_string(), shown);
         }
-        for bad in ["", ".", "0", "0.000", "-1", "1.2345", "x", "1e3", "99999999"] {
+        for bad in [
+            "", ".", "0", "0.000", "-1", "1.2345", "x", "1e3", "99999999",
+        ] {
             assert!(bad.parse::<CpuQuota>().is_err(), "{bad}");
         }
         #[derive(Deserialize)]

@@ -385,7 +385,10 @@ mod tests {
         let s = v.join(" ");
         assert!(s.starts_with("--id web --exec-file /bin/firecracker --uid 1000000007 --gid 1000000007 --chroot-base-dir /h/instances/web/jail --cgroup-version 1 --new-pid-ns"), "{s}");
         // mvm makes the cgroup and places the jailer in it.
-        assert!(!s.contains("--cgroup ") && !s.contains("--parent-cgroup"), "{s}");
+        assert!(
+            !s.contains("--cgroup ") && !s.contains("--parent-cgroup"),
+            "{s}"
+        );
         assert!(
             s.ends_with("--new-pid-ns -- --api-sock /run/fc.sock"),
             "{s}"

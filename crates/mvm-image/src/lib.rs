@@ -567,9 +567,12 @@ fn ensure_built(
     // The digest's inputs, remembered while their files are unchanged
     // (`memo`): busybox is read and hashed only when an image is built.
     let cache = home.cache_dir();
-    let busybox_sha = memo::remember(&cache, "busybox-sha256", &[Path::new(tree::HOST_BUSYBOX)], || {
-        tree::host_busybox().map(|b| b.sha256)
-    })?;
+    let busybox_sha = memo::remember(
+        &cache,
+        "busybox-sha256",
+        &[Path::new(tree::HOST_BUSYBOX)],
+        || tree::host_busybox().map(|b| b.sha256),
+    )?;
     let resolved = match &k.modules_dir {
         Some(dir) => {
             let files = ["modules.dep", "modules.builtin", "modules.order"].map(|f| dir.join(f));
@@ -577,9 +580,12 @@ fn ensure_built(
                 "modules-{}",
                 &hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()))[..16]
             );
-            memo::remember(&cache, &key, &files.each_ref().map(PathBuf::as_path), || {
-                modules::resolve_dir(dir, modules::GUEST_MODULES)
-            })?
+            memo::remember(
+                &cache,
+                &key,
+                &files.each_ref().map(PathBuf::as_path),
+                || modules::resolve_dir(dir, modules::GUEST_MODULES),
+            )?
         }
         None => modules::Resolved::default(),
     };

@@ -268,7 +268,15 @@ fn a_tap_given_to_a_uid_is_attachable_by_that_uid_only() {
         // (The device is opened as root first: /dev/net/tun may be 0600;
         // the jailer makes the VMM its own node.)
         let (ta, tb) = (a.tap.clone(), b.tap.clone());
-        let tun = || fs_err::File::options().read(true).write(true).open(link::TUN_DEVICE).unwrap().into_parts().0;
+        let tun = || {
+            fs_err::File::options()
+                .read(true)
+                .write(true)
+                .open(link::TUN_DEVICE)
+                .unwrap()
+                .into_parts()
+                .0
+        };
         let (t1, t2) = (tun(), tun());
         let (own, other) = std::thread::spawn(move || {
             let id = rustix::process::Uid::from_raw(uid);
@@ -276,7 +284,10 @@ fn a_tap_given_to_a_uid_is_attachable_by_that_uid_only() {
             rustix::thread::set_thread_groups(&[]).unwrap();
             rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
             rustix::thread::set_thread_res_uid(id, id, id).unwrap();
-            (link::attach_tap(t1, &ta).map(drop), link::attach_tap(t2, &tb).map(drop))
+            (
+                link::attach_tap(t1, &ta).map(drop),
+                link::attach_tap(t2, &tb).map(drop),
+            )
         })
         .join()
         .unwrap();

@@ -144,6 +144,7 @@ pub async fn start_owned(
         };
         match ev {
             Some(Event::Started { vmm_pid, launch_ms }) => {
+                tracing::debug!("timing: the supervisor reported the VMM started");
                 report.vmm_pid = vmm_pid;
                 report.launch_ms = launch_ms;
                 crate::fault::point("start.started", Some(vmm_pid))?;

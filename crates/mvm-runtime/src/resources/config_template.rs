@@ -162,7 +162,10 @@ mod tests {
     #[test]
     fn drives_from_the_template_are_clean_ext4_with_the_document() {
         use mvm_core::tools::{DEBUGFS, E2FSCK, MKFS_EXT4};
-        if [MKFS_EXT4, DEBUGFS, E2FSCK].iter().any(|t| t.find().is_none()) {
+        if [MKFS_EXT4, DEBUGFS, E2FSCK]
+            .iter()
+            .any(|t| t.find().is_none())
+        {
             mvm_core::testing::skip("SKIPPED: config drive template test: needs e2fsprogs");
             return;
         }
@@ -174,8 +177,10 @@ mod tests {
             cfg.name = (*name).into();
             let dest = t.path().join(format!("{name}.ext4"));
             assert!(write(&home, &dest, &cfg).unwrap(), "template not used");
-            let ok = E2FSCK
-                .run(["-fn".as_ref(), dest.as_os_str()], std::time::Duration::from_secs(30));
+            let ok = E2FSCK.run(
+                ["-fn".as_ref(), dest.as_os_str()],
+                std::time::Duration::from_secs(30),
+            );
             assert!(ok.is_ok(), "e2fsck: {ok:?}");
             let out = DEBUGFS
                 .run(
@@ -186,7 +191,10 @@ mod tests {
             let back: ConfigJson = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(back, cfg, "drive {i}");
             let label = DEBUGFS
-                .run(["-R".as_ref(), "stats".as_ref(), dest.as_os_str()], std::time::Duration::from_secs(30))
+                .run(
+                    ["-R".as_ref(), "stats".as_ref(), dest.as_os_str()],
+                    std::time::Duration::from_secs(30),
+                )
                 .unwrap()
                 .stdout_text();
             assert!(label.contains("mvm-config"), "{label}");

@@ -261,7 +261,9 @@ pub fn attach(
     };
 
     // A machine that gets its address at start builds the drive then.
-    if !(rec.network == mvm_core::instance::NetworkMode::Nat && crate::resources::network::use_tap()) {
+    if !(rec.network == mvm_core::instance::NetworkMode::Nat
+        && crate::resources::network::use_tap())
+    {
         write_config_drive(home, rec, dir)?;
     }
     push(
@@ -413,8 +415,8 @@ pub fn write_config_drive(
         Err(e) => return Err(io("remove", &source)(e)),
     }
     let dest = dir.config_drive();
-    let templated = crate::resources::config_template::write(home, &dest, &cfg)
-        .map_err(io("write", &dest))?;
+    let templated =
+        crate::resources::config_template::write(home, &dest, &cfg).map_err(io("write", &dest))?;
     if !templated {
         ConfigDrive::build(&dest, &cfg, &[]).map_err(drive_err("config"))?;
     }

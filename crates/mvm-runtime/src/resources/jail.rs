@@ -104,8 +104,9 @@ pub fn allocate(
         .filter(|r| r.name != rec.name)
         .filter_map(|r| r.isolation.map(|i| i.uid))
         .collect();
-    let uid = mvm_jail::uid::allocate(config.jail_uid_range, taken)
-        .map_err(|e| RuntimeError::Invalid(format!("cannot give machine {:?} a uid: {e}", rec.name)))?;
+    let uid = mvm_jail::uid::allocate(config.jail_uid_range, taken).map_err(|e| {
+        RuntimeError::Invalid(format!("cannot give machine {:?} a uid: {e}", rec.name))
+    })?;
     let limits = mvm_jail::cgroup::limits_for(
         rec.cpus,
         rec.memory_mib,

@@ -225,6 +225,7 @@ impl Supervisor<'_> {
         if let Err(e) = recorded {
             return Outcome::Failed(e.into());
         }
+        tracing::debug!("timing: recorded running");
         notify(Event::Started {
             vmm_pid,
             launch_ms: t0.elapsed().as_millis() as u64,
