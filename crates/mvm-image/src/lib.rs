@@ -65,8 +65,9 @@ pub use modules::ModulesError;
 pub use oci::{ImageConfig, LayerInfo, OciInfo, RefRecord, SourceKind};
 pub use tree::TreeError;
 
-/// Bump when the layout or content of built images changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump when the layout or content of built images changes (2: `/init` is
+/// a hard link of `/sbin/mvm-agent`).
+pub const FORMAT_VERSION: u32 = 2;
 /// The tag of the image [`ensure_default`] builds.
 pub const DEFAULT_IMAGE: &str = "default";
 /// Root filesystem size of the default image, MiB.

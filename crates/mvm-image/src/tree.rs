@@ -173,7 +173,16 @@ pub fn add_agent_and_mountpoints(tree: &Path, agent: &[u8], as_init: bool) -> st
     }
     write_file(&tree.join("sbin/mvm-agent"), agent, 0o755)?;
     if as_init {
-        write_file(&tree.join("init"), agent, 0o755)?;
+        // One file, two names: a disk made from the tree stores the agent
+        // once (`mkfs.ext4 -d` keeps hard links), and a machine's copy of
+        // it is 5 MB smaller (formats before 2 had two copies).
+        let init = tree.join("init");
+        match fs_err::remove_file(&init) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs_err::hard_link(tree.join("sbin/mvm-agent"), &init)?;
     }
     Ok(())
 }

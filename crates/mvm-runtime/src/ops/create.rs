@@ -200,55 +200,37 @@ pub fn create(
         name: Some(name.clone()),
     };
     crate::fault::point("create.claimed", None)?;
-    // The root disk (a copy of the image's template: the longest step) is
-    // made on a thread while the rest is allocated and the drives built;
-    // it becomes the first drive (`/dev/vda`).
-    std::thread::scope(|s| {
-        let root =
-            disk::needed(image, opts.transient).then(|| s.spawn(|| disk::create(image, &dir)));
-        let rest = (|| {
-            // Allocation only: the lowest free vsock CID, and the VMM's
-            // confinement.
-            let _g = registry.global_lock()?;
-            let used: std::collections::BTreeSet<u32> = registry
-                .list()?
-                .into_iter()
-                .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
-                .collect();
-            rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
-            if jail::policy(rt.config(), opts.no_jailer).enabled {
-                rec.isolation = Some(jail::allocate(
-                    registry,
-                    rt.config(),
-                    rt.home(),
-                    &rec,
-                    opts.cpu_quota,
-                )?);
-            }
-            registry.save(&rec)?;
-            drop(_g);
-            tracing::debug!("timing: name claimed, CID and confinement allocated");
-            crate::fault::point("create.drives", None)?;
-            drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
-            Ok::<_, RuntimeError>(())
-        })();
-        let root = match root {
-            Some(h) => Some(
-                h.join()
-                    .map_err(|_| RuntimeError::Invalid("making the root disk panicked".into()))?,
-            ),
-            None => None,
-        };
-        tracing::debug!("timing: root disk made, drives built");
-        rest?;
-        if let Some(d) = root {
-            rec.drives.insert(0, d?);
+    {
+        // Allocation only: the lowest free vsock CID, and the VMM's
+        // confinement.
+        let _g = registry.global_lock()?;
+        let used: std::collections::BTreeSet<u32> = registry
+            .list()?
+            .into_iter()
+            .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
+            .collect();
+        rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
+        if jail::policy(rt.config(), opts.no_jailer).enabled {
+            rec.isolation = Some(jail::allocate(
+                registry,
+                rt.config(),
+                rt.home(),
+                &rec,
+                opts.cpu_quota,
+            )?);
         }
-        Ok::<_, RuntimeError>(())
-    })?;
+        registry.save(&rec)?;
+    }
+    tracing::debug!("timing: name claimed, CID and confinement allocated");
+    if disk::needed(image, opts.transient) {
+        rec.drives.push(disk::create(image, &dir)?);
+    }
+    tracing::debug!("timing: root disk made");
+    crate::fault::point("create.drives", None)?;
+    drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
     rec.transition(Status::Created)?;
     registry.save(&rec)?;
-    tracing::debug!("timing: machine created");
+    tracing::debug!("timing: drives built, machine created");
     unfinished.name = None;
     Ok(Created { record: rec, lock })
 }
