@@ -1146,10 +1146,10 @@ pub fn update_hosts(
     name_groups(policy, hosts).sets("names", &mut sets);
     let mut s = String::new();
     for set in &sets {
-        match ex.sets.get(&set.name) {
-            Some(have) => set_diff(&mut s, "ip", &table, &set.name, have, &set.elems),
-            // The policy changed under us: `apply` owns the set list.
-            None => {}
+        // A set missing means the policy changed under us: `apply` owns
+        // the list of sets.
+        if let Some(have) = ex.sets.get(&set.name) {
+            set_diff(&mut s, "ip", &table, &set.name, have, &set.elems);
         }
     }
     if s.is_empty() {
