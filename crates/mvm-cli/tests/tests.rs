@@ -5,6 +5,7 @@
 mod cli_basics;
 mod common;
 mod e2e_data;
+mod e2e_egress;
 mod e2e_firecracker;
 mod e2e_machines;
 mod e2e_net;
