@@ -16,11 +16,12 @@
 //! `/etc/resolv.conf`), so the machines' DNS filters forward to it.
 //! Busybox's `wget -T` crashes in the guest: `timeout N wget` instead.
 
+use std::io::{BufRead, BufReader};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -419,8 +420,13 @@ fn egress_policies_from_real_guests() {
     let inet81 = format!("http://{INET}:81/");
     let metadata = format!("http://{METADATA}/");
 
-    // Transient exec, applied at start: the address and port rule.
-    let out = w.mvm(&[
+    // Transient exec, applied at start: the address and port rule; then
+    // changed live (`mvm update` signals the exec process, which owns the
+    // machine): the guest waits for :81 to open.
+    let mut exec = w
+        .host
+        .cmd(&[assert_cmd::cargo::cargo_bin("mvm").to_str().unwrap()]);
+    exec.args([
         "exec",
         "--egress",
         &format!("allow={INET}:80"),
@@ -428,14 +434,51 @@ fn egress_policies_from_real_guests() {
         "sh",
         "-c",
         &format!(
-            "timeout 5 wget -q -O- {inet} && ! timeout 5 wget -q -O- {inet81} && ! timeout 5 wget -q -O- {metadata} && echo all-as-expected"
+            "timeout 5 wget -q -O- {inet} && ! timeout 5 wget -q -O- {inet81} && ! timeout 5 wget -q -O- {metadata} && echo phase1 && \
+             for i in $(seq 60); do timeout 5 wget -q -O- {inet81} && exit 0; sleep 0.5; done; exit 9"
         ),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    ])
+    .env("MVM_HOME", w.home.path())
+    .env("MVM_NETWORK", "nat")
+    .env_remove("MVM_EGRESS")
+    .env_remove("MVM_BACKEND")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut exec = exec.spawn().unwrap();
+    let mut lines = BufReader::new(exec.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l == "phase1" {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["internet:80", "phase1"],
+        "transient exec before the update"
+    );
+    let ps: Vec<serde_json::Value> = serde_json::from_str(&w.mvm_ok(&["ps", "--json"])).unwrap();
+    let transient = ps
+        .iter()
+        .find(|m| m["transient"] == true)
+        .expect("the transient machine")["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.update(&transient, &[&format!("allow={INET}:80,{INET}:81")]);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let st = exec.wait().unwrap();
+    let mut err = String::new();
+    exec.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
-        out.status.success() && text.contains("internet:80") && text.contains("all-as-expected"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        st.success() && rest == ["internet:81"],
+        "transient exec after the update: {st}, {rest:?}, {err}"
     );
 
     // deny-all at start: nothing, not even DNS; refusals are counted.

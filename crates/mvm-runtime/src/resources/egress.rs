@@ -331,17 +331,33 @@ fn hosts_of(r: &BTreeMap<String, ResolvedName>) -> rules::ResolvedHosts {
         .collect()
 }
 
+/// Closed (`true`) once the machine's [`Egress`] is dropped: rule changes
+/// run on blocking threads, which an abort does not stop, so each runs
+/// holding the gate and none starts after it closed (the teardown that
+/// follows removes the tables; a late change must not re-create them).
+type Gate = Arc<std::sync::Mutex<bool>>;
+
+fn closed(gate: &Gate) -> std::sync::MutexGuard<'_, bool> {
+    gate.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Apply `policy` to machine `m` on a blocking thread, within
-/// [`APPLY_TIMEOUT`].
+/// [`APPLY_TIMEOUT`] (nothing once `gate` is closed).
 async fn apply_rules(
+    gate: Gate,
     m: MachineEgress,
     policy: EgressPolicy,
     hosts: rules::ResolvedHosts,
 ) -> Result<(), EgressError> {
     let name = m.machine.clone();
     let shown = policy.to_string();
-    let task =
-        tokio::task::spawn_blocking(move || rules::apply(&Nft::default(), &m, &policy, &hosts));
+    let task = tokio::task::spawn_blocking(move || {
+        let closed = closed(&gate);
+        if *closed {
+            return Ok(false);
+        }
+        rules::apply(&Nft::default(), &m, &policy, &hosts)
+    });
     match tokio::time::timeout(APPLY_TIMEOUT, task).await {
         Ok(Ok(Ok(_))) => Ok(()),
         Ok(Ok(Err(source))) => Err(EgressError::Apply {
@@ -374,6 +390,7 @@ fn nft_note(policy: &EgressPolicy) -> String {
 }
 
 struct Inner {
+    gate: Gate,
     dir: InstanceDir,
     machine: MachineEgress,
     upstreams: Vec<SocketAddr>,
@@ -386,11 +403,13 @@ struct Inner {
 }
 
 /// The egress enforcement of one running TAP machine: the DNS filter and
-/// the tasks that keep the rules current. Dropping it stops them (the
-/// rules themselves go with the TAP).
+/// the tasks that keep the rules current (changes, re-resolution,
+/// refusal counts). Dropping it stops them (the rules themselves go with
+/// the TAP).
 pub struct Egress {
-    inner: Arc<Inner>,
+    changes: tokio::sync::mpsc::UnboundedSender<EgressPolicy>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    gate: Gate,
 }
 
 impl Drop for Egress {
@@ -398,6 +417,8 @@ impl Drop for Egress {
         for t in &self.tasks {
             t.abort();
         }
+        // Waits for a rule change in flight (bounded by nft's deadline).
+        *closed(&self.gate) = true;
     }
 }
 
@@ -465,7 +486,14 @@ pub async fn up(
         filter.as_ref().map(DnsFilter::port),
     );
     let t_rules = Instant::now();
-    apply_rules(machine.clone(), policy.clone(), hosts_of(&resolved)).await?;
+    let gate = Gate::default();
+    apply_rules(
+        gate.clone(),
+        machine.clone(),
+        policy.clone(),
+        hosts_of(&resolved),
+    )
+    .await?;
     let rules_ms = t_rules.elapsed().as_millis() as u64;
     let apply_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(
@@ -490,6 +518,7 @@ pub async fn up(
     };
     write_state(dir, &state)?;
     let inner = Arc::new(Inner {
+        gate: gate.clone(),
         dir: dir.clone(),
         machine,
         upstreams,
@@ -503,21 +532,44 @@ pub async fn up(
         tasks.push(tokio::spawn(publish_refusals(inner.clone())));
     }
     tasks.push(tokio::spawn(refresh(inner.clone())));
-    Ok(Some(Egress { inner, tasks }))
+    let (changes, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(async move {
+        while let Some(policy) = rx.recv().await {
+            change(&inner, policy).await;
+        }
+    }));
+    Ok(Some(Egress {
+        changes,
+        tasks,
+        gate,
+    }))
 }
 
 impl Egress {
-    /// Enforce `policy` from now on (`mvm update`): resolve its names,
-    /// change the rules in place (atomically), switch the DNS filter, and
-    /// record the outcome with the next generation. A failure keeps the
-    /// previous policy enforced and is recorded (`error`, `failed_policy`).
-    pub async fn reload(&self, policy: EgressPolicy) {
-        let inner = &self.inner;
+    /// Enforce `policy` from now on (`mvm update`), in the background (see
+    /// [`change`]): the caller, the supervisor's loop, does not wait.
+    pub fn reload(&self, policy: EgressPolicy) {
+        let _ = self.changes.send(policy);
+    }
+}
+
+/// Resolve `policy`'s names, change the rules in place (atomically),
+/// switch the DNS filter, and record the outcome with the next generation.
+/// A failure keeps the previous policy enforced and is recorded (`error`,
+/// `failed_policy`).
+async fn change(inner: &Inner, policy: EgressPolicy) {
+    {
         let mut st = inner.state.lock().await;
         let t0 = Instant::now();
         let resolved = resolved_view(&resolve(names_of(&policy), inner.upstreams.clone()).await);
         let t_rules = Instant::now();
-        let applied = apply_rules(inner.machine.clone(), policy.clone(), hosts_of(&resolved)).await;
+        let applied = apply_rules(
+            inner.gate.clone(),
+            inner.machine.clone(),
+            policy.clone(),
+            hosts_of(&resolved),
+        )
+        .await;
         st.generation += 1;
         match applied {
             Ok(()) => {
@@ -545,9 +597,8 @@ impl Egress {
             }
         }
         write_state_logged(&inner.dir, &st);
-        drop(st);
-        inner.reloaded.notify_one();
     }
+    inner.reloaded.notify_one();
 }
 
 /// Resolve the policy's names again when their TTL runs out (failed names
@@ -588,7 +639,12 @@ async fn refresh(inner: Arc<Inner>) {
             policy.clone(),
             hosts_of(&resolved),
         );
+        let gate = inner.gate.clone();
         let done = tokio::task::spawn_blocking(move || {
+            let closed = closed(&gate);
+            if *closed {
+                return Ok(());
+            }
             rules::update_hosts(&Nft::default(), &tap, &p, &hosts)
         })
         .await;

@@ -284,7 +284,7 @@ impl Supervisor<'_> {
                 // A booting guest cannot power off in an orderly way: a stop
                 // during the start cancels it.
                 _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
-                _ = reload.recv() => self.reload_egress(held.egress.as_ref()).await,
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
             }
         };
         let (link, listener) = match ready {
@@ -306,7 +306,7 @@ impl Supervisor<'_> {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
-                _ = reload.recv() => self.reload_egress(held.egress.as_ref()).await,
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
                 r = &mut serve, if serving => {
                     serving = false;
                     // A lost guest stream does not end the machine (the
@@ -372,11 +372,12 @@ impl Supervisor<'_> {
         Ok((backend, spec))
     }
 
-    /// Enforce the egress policy the record holds now (`mvm update`).
-    async fn reload_egress(&self, egress: Option<&egress::Egress>) {
+    /// Enforce the egress policy the record holds now (`mvm update`); the
+    /// change runs in the background, owned by the [`egress::Egress`].
+    fn reload_egress(&self, egress: Option<&egress::Egress>) {
         let Some(e) = egress else { return };
         match self.rt.registry().load(&self.name) {
-            Ok(rec) => e.reload(rec.egress).await,
+            Ok(rec) => e.reload(rec.egress),
             Err(err) => tracing::warn!("egress reload: {}", crate::error_chain(&err)),
         }
     }
