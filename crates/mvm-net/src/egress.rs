@@ -144,9 +144,14 @@ pub struct Nft {
 }
 
 impl Default for Nft {
+    /// `nft` as [`mvm_core::tools::NFT`] finds it (`PATH`, then the sbin
+    /// directories a service's `PATH` may lack); the bare name when it is
+    /// not installed (running it then reports the package to install).
     fn default() -> Self {
         Self {
-            program: NFT.into(),
+            program: mvm_core::tools::NFT
+                .find()
+                .map_or_else(|| NFT.into(), |p| p.display().to_string()),
         }
     }
 }
