@@ -5,9 +5,9 @@
 //! machine's owner lock and passes a duplicate of that very descriptor to
 //! the child as fd 3 ([`OWNER_FD`]); the child shares the lock from the
 //! moment it is forked. The child starts with SIGTERM, SIGINT, SIGHUP and
-//! SIGUSR1 (`mvm update`) blocked (the mask is inherited across `exec`), installs its handlers,
-//! then unblocks them: a stop sent at any moment of its life is handled,
-//! none kills it half-way. It runs in its own session (`setsid`), so the
+//! SIGUSR1 (`mvm update`) blocked (the mask is inherited across `exec`),
+//! installs its handlers, then unblocks them: a stop (or change) sent at
+//! any moment of its life is handled, none kills it half-way. It runs in its own session (`setsid`), so the
 //! CLI's terminal, Ctrl-C and hangup do not reach it.
 
 use std::io::Write;
