@@ -88,6 +88,13 @@ pub async fn update(
         (Some(o), OwnerRole::Supervisor) => o,
         _ => return recorded("the machine is being created; the policy applies when it starts"),
     };
+    // SIGUSR1 kills a process that neither handles nor blocks it: an owner
+    // started by an mvm from before live changes.
+    if !takes_usr1(owner.pid) {
+        return recorded(
+            "its owner cannot take live changes (started by an older mvm): the policy applies at the next start",
+        );
+    }
     if !owner.signal(rustix::process::Signal::USR1)? {
         return recorded("its owner has exited; the policy applies at the next start");
     }
@@ -138,6 +145,28 @@ pub async fn update(
     }
 }
 
+/// Whether process `pid` handles SIGUSR1 or has it blocked (a new
+/// supervisor blocks it from its first instruction until its handler is
+/// installed), per `/proc/PID/status`.
+fn takes_usr1(pid: u32) -> bool {
+    let Ok(status) = fs_err::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    sig_mask_has_usr1(&status)
+}
+
+fn sig_mask_has_usr1(status: &str) -> bool {
+    const USR1: u64 = 1 << (10 - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigCgt:")
+                .or_else(|| l.strip_prefix("SigBlk:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|m| m & USR1 != 0)
+}
+
 /// What state `st` (newer than the change) says about policy `new`:
 /// applied (with its cost), failed (why), or nothing yet.
 fn outcome(st: &EgressState, new: &EgressPolicy) -> Option<Result<u64, String>> {
@@ -150,6 +179,27 @@ fn outcome(st: &EgressState, new: &EgressPolicy) -> Option<Result<u64, String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usr1_is_found_in_the_caught_or_blocked_masks() {
+        assert!(sig_mask_has_usr1(
+            "SigBlk:\t0000000000000200\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n"
+        ));
+        assert!(sig_mask_has_usr1(
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000180004203\n"
+        ));
+        assert!(!sig_mask_has_usr1(
+            "SigBlk:\t0000000000004000\nSigIgn:\t0000000000000200\nSigCgt:\t0000000180004003\n"
+        ));
+        // A process with the default disposition would be killed.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!takes_usr1(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     #[test]
     fn outcome_reads_the_acknowledgement() {
