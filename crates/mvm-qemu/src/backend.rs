@@ -83,6 +83,7 @@ pub struct QemuBackend {
     accel: Accel,
     accel_reason: String,
     user_net: Option<Vec<HostForward>>,
+    user_restrict: bool,
 }
 
 /// What [`QemuBackend::doctor`] reports.
@@ -135,6 +136,7 @@ impl QemuBackend {
             accel,
             accel_reason,
             user_net: None,
+            user_restrict: false,
         })
     }
 
@@ -146,6 +148,7 @@ impl QemuBackend {
             accel,
             accel_reason: "chosen by the caller".into(),
             user_net: None,
+            user_restrict: false,
         }
     }
 
@@ -154,6 +157,13 @@ impl QemuBackend {
     /// still be `Some` (its MAC is used; its TAP name is ignored).
     pub fn with_user_net(mut self, forwards: Vec<HostForward>) -> Self {
         self.user_net = Some(forwards);
+        self
+    }
+
+    /// With user-mode networking, isolate the guest (`restrict=on`: it
+    /// reaches neither the host nor the outside; forwards still work).
+    pub fn restrict_user_net(mut self, on: bool) -> Self {
+        self.user_restrict = on;
         self
     }
 
@@ -184,7 +194,11 @@ impl QemuBackend {
 
     /// The QEMU command line for `spec` in `dir` (without the program).
     pub fn args(&self, spec: &VmSpec, dir: &InstanceDir) -> QemuArgs {
-        QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref())
+        let mut a = QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref());
+        if let Some(crate::argv::NetArgs::User { restrict, .. }) = &mut a.net {
+            *restrict = self.user_restrict;
+        }
+        a
     }
 
     /// A fresh QMP session for a control operation on `dir`.
