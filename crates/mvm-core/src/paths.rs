@@ -192,6 +192,11 @@ impl InstanceDir {
     pub fn vmm_pidfile(&self) -> PathBuf {
         self.root.join("vmm.pid")
     }
+    /// The defaults of every command run in the machine (an OCI image's
+    /// Env, WorkingDir and User; `mvm_core::main_process::ProcessDefaults`).
+    pub fn process_defaults(&self) -> PathBuf {
+        self.root.join("process.json")
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
 //! - [`backend`]: which hypervisor backend runs a machine;
-//! - [`agent`]: the way in to a running machine's guest agent.
+//! - [`agent`]: the way in to a running machine's guest agent;
+//! - [`process`]: the defaults of every command run in a machine (an OCI
+//!   image's Env, WorkingDir, User) and its main process.
 
 pub mod agent;
 pub mod backend;
 pub mod disk;
 pub mod drives;
 pub mod network;
+pub mod process;
