@@ -575,7 +575,14 @@ fn acceptance_exec_and_run_an_oci_image() {
     // End the main process: the machine stops with its status (the guest
     // may power off before this exec's own status reaches the host).
     let out = mvm(home)
-        .args(["exec", &app2, "--", "sh", "-c", "kill $(cat /work/sleep.pid)"])
+        .args([
+            "exec",
+            &app2,
+            "--",
+            "sh",
+            "-c",
+            "kill $(cat /work/sleep.pid)",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -635,5 +642,54 @@ fn acceptance_exec_and_run_an_oci_image() {
     assert!(
         !text.contains("mvm-agent"),
         "nothing of mvm's on the disk: {text}"
+    );
+}
+
+/// `mvm doctor` lists what pulls, imports and builds left in the image
+/// store; `mvm gc` removes it (through `mvm_oci::gc`).
+#[test]
+fn doctor_lists_and_gc_removes_image_store_leftovers() {
+    let dir = crate::common::empty_home();
+    let home = dir.path();
+    let blobs = home.join("images/blobs");
+    for d in ["sha256", "partial", "incoming"] {
+        fs_err::create_dir_all(blobs.join(d)).unwrap();
+    }
+    let unused = "ab".repeat(32);
+    fs_err::write(blobs.join("sha256").join(&unused), b"unused").unwrap();
+    fs_err::write(blobs.join("partial").join("cd".repeat(32)), b"half").unwrap();
+    let leftovers = |home: &Path| {
+        let out = mvm(home).args(["doctor", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "leftovers")
+            .unwrap()
+            .clone()
+    };
+    let l = leftovers(home);
+    let detail = l["detail"].as_str().unwrap();
+    assert_eq!(l["ok"], false, "{l}");
+    assert!(
+        detail.contains(&format!("unused image blob sha256:{unused}"))
+            && detail.contains("interrupted download of blob sha256:cdcd"),
+        "{detail}"
+    );
+    let out = mvm(home).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 unused image blob(s), 1 interrupted download(s)"),
+        "{text}"
+    );
+    assert_eq!(leftovers(home)["ok"], true);
+    assert!(
+        fs_err::read_dir(blobs.join("sha256"))
+            .unwrap()
+            .next()
+            .is_none()
     );
 }

@@ -160,3 +160,81 @@ pub enum RemoveError {
     #[error("collecting unused blobs")]
     Blobs(#[from] blobs::BlobError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob nobody needs, an abandoned download, an import's temporary
+    /// file and a build directory older than an hour: listed, then
+    /// collected, then gone; a fresh build directory is never touched.
+    #[test]
+    fn leftovers_are_listed_then_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MvmHome::new(dir.path());
+        let blobs = home.blobs_dir();
+        for d in ["sha256", "partial", "incoming"] {
+            fs_err::create_dir_all(blobs.join(d)).unwrap();
+        }
+        let hex = "ab".repeat(32);
+        fs_err::write(blobs.join("sha256").join(&hex), b"unused").unwrap();
+        fs_err::write(blobs.join("partial").join("cd".repeat(32)), b"half").unwrap();
+        fs_err::write(blobs.join("incoming/tmp1"), b"x").unwrap();
+        let old = home.images_dir().join(".tmp-dead");
+        let fresh = home.images_dir().join(".tmp-live");
+        fs_err::create_dir_all(&old).unwrap();
+        fs_err::create_dir_all(&fresh).unwrap();
+        let two_hours_ago = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    - 7200) as i64,
+                tv_nsec: 0,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &old,
+            &two_hours_ago,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+
+        let l = leftovers(&home).unwrap();
+        let text: Vec<String> = l.iter().map(ToString::to_string).collect();
+        assert_eq!(l.len(), 4, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains(&format!("unused image blob sha256:{hex}")))
+        );
+        assert!(text.iter().any(|t| t.starts_with("interrupted download")));
+        assert!(text.iter().any(|t| t.starts_with("import file")));
+        assert!(text.iter().any(|t| t.contains(".tmp-dead")));
+
+        let g = gc(&home).unwrap().expect("no pull runs");
+        assert_eq!((g.blobs, g.partials, g.builds), (1, 1, 1));
+        assert!(leftovers(&home).unwrap().is_empty());
+        assert!(fresh.exists(), "a live build is never collected");
+        // Twice in a row: nothing left to do.
+        let g = gc(&home).unwrap().unwrap();
+        assert_eq!((g.blobs, g.partials, g.builds), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_running_pull_hides_and_keeps_its_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MvmHome::new(dir.path());
+        let store = BlobStore::new(&home);
+        let _pull = store.lock_shared().unwrap();
+        fs_err::write(home.blobs_dir().join("incoming/tmp1"), b"x").unwrap();
+        assert!(leftovers(&home).unwrap().is_empty());
+        assert!(gc(&home).unwrap().is_none());
+        assert!(home.blobs_dir().join("incoming/tmp1").exists());
+    }
+}
