@@ -197,6 +197,12 @@ impl InstanceDir {
     pub fn process_defaults(&self) -> PathBuf {
         self.root.join("process.json")
     }
+    /// What the supervisor enforces of the machine's egress policy now
+    /// (applied policy, resolved names, DNS refusals; JSON, written
+    /// atomically by the supervisor, removed by the teardown).
+    pub fn egress_state(&self) -> PathBuf {
+        self.root.join("egress.json")
+    }
 }
 
 #[cfg(test)]

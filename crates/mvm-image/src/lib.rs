@@ -796,7 +796,7 @@ fn mkfs_ext4(
     size_mib: u64,
     inodes: Option<u64>,
 ) -> Result<(), ImageError> {
-    let mkfs = cmd::require("mkfs.ext4", "e2fsprogs")?;
+    let mkfs = mvm_core::tools::MKFS_EXT4.require()?;
     let size = format!("{size_mib}M");
     let inodes = inodes.map(|n| n.to_string());
     let mut args: Vec<&std::ffi::OsStr> = vec![
@@ -1053,18 +1053,14 @@ pub fn host_tools() -> Vec<ToolCheck> {
         detail: bb.1,
         fix: "apt-get install -y busybox-static".into(),
     });
-    for (tool, package) in [
-        ("mkfs.ext4", "e2fsprogs"),
-        ("dpkg-deb", "dpkg"),
-        ("apt-get", "apt"),
-        ("apt-cache", "apt"),
-    ] {
-        let found = cmd::which(tool);
+    use mvm_core::tools::{APT_CACHE, APT_GET, DPKG_DEB, MKFS_EXT4};
+    for t in [MKFS_EXT4, DPKG_DEB, APT_GET, APT_CACHE] {
+        let found = t.find();
         out.push(ToolCheck {
-            tool: tool.into(),
+            tool: t.program.into(),
             ok: found.is_some(),
             detail: found.map_or_else(|| "not found".into(), |p| p.display().to_string()),
-            fix: format!("apt-get install -y {package}"),
+            fix: format!("apt-get install -y {}", t.package),
         });
     }
     out

@@ -43,6 +43,13 @@ pub struct CreateOptions {
     pub network: Option<NetworkMode>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
+    /// What the machine may reach (`--egress`, combined with
+    /// `EgressPolicy::from_flags`); the configured default
+    /// (`network.egress`, `MVM_EGRESS`) when `None`. Every way of creating
+    /// a machine sets it from its own `--egress` flags: `run`, transient
+    /// `exec`, and `template create` (the machines it records and restores
+    /// are created through these options too).
+    pub egress: Option<mvm_core::egress::EgressPolicy>,
     /// Volumes, secrets and added directories.
     pub data: drives::DataOptions,
     /// Run a main process (`mvm run`): the image's Entrypoint followed by
@@ -67,6 +74,7 @@ impl Default for CreateOptions {
             env: Vec::new(),
             network: None,
             ports: Vec::new(),
+            egress: None,
             data: drives::DataOptions::default(),
             main: None,
             user: None,
@@ -136,6 +144,11 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     if network == NetworkMode::Nat && network::use_tap() {
         network::settings(config)?;
     }
+    let egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
+    crate::resources::egress::check(network, &egress)?;
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     Ok(())
 }
@@ -167,16 +180,20 @@ fn plan(
     rec.env = opts.env.clone();
     rec.network = opts.network.unwrap_or(config.network.mode);
     rec.ports = opts.ports.clone();
-    let config = process::image_config(image)?;
+    rec.egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
+    let image_config = process::image_config(image)?;
     let defaults = process::defaults(
-        config.as_ref(),
+        image_config.as_ref(),
         opts.workdir.as_deref(),
         opts.user.as_deref(),
     );
     rec.main = opts
         .main
         .as_ref()
-        .and_then(|cmd| process::main_process(config.as_ref(), &defaults, &rec.env, cmd));
+        .and_then(|cmd| process::main_process(image_config.as_ref(), &defaults, &rec.env, cmd));
     Ok((rec, defaults))
 }
 

@@ -7,7 +7,7 @@
 //! spawned it, so there is no moment without an owner), and
 //!
 //! 1. prepares the machine's resources: volumes free, network address,
-//!    config drive, TAP and port forwarders;
+//!    config drive, TAP and port forwarders, egress rules and DNS filter;
 //! 2. launches the VMM as its child (with a death signal: the VMM never
 //!    outlives its supervisor) and records it;
 //! 3. takes the one stream to the guest agent and waits for the agent's
@@ -21,6 +21,9 @@
 //!    then kills the VMM when the timeout passes;
 //! 6. runs the one idempotent teardown ([`teardown::release`]) and exits,
 //!    which releases the lock.
+//!
+//! SIGUSR1 asks it to enforce the egress policy now in the record (`mvm
+//! update`; see `resources::egress`), once the VMM runs.
 //!
 //! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
 //! for the detached supervisor).
@@ -42,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::resources::backend::AnyBackend;
-use crate::resources::{drives, network};
+use crate::resources::{drives, egress, network};
 use crate::{Runtime, RuntimeError};
 
 /// How long the VMM may take to accept its configuration.
@@ -147,6 +150,7 @@ struct Supervisor<'a> {
 #[derive(Default)]
 struct Held {
     network: Option<network::MachineNetwork>,
+    egress: Option<egress::Egress>,
     child: Option<mvm_core::vmm_child::VmmChild>,
 }
 
@@ -168,6 +172,9 @@ pub async fn supervise(
         dir: rt.dir(name),
     };
     let mut held = Held::default();
+    // Before the record is read: a change recorded from now on is either
+    // in what `prepare` reads or signalled here.
+    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     crate::fault::point("sup.adopted", None)?;
     let record = rt.registry().update(name, |r| {
         r.owner = Some(me);
@@ -177,7 +184,10 @@ pub async fn supervise(
         Ok(())
     });
     let outcome = match record {
-        Ok((rec, ())) => sup.lifecycle(rec, &mut held, &mut stop, &mut notify).await,
+        Ok((rec, ())) => {
+            sup.lifecycle(rec, &mut held, &mut stop, &mut reload, &mut notify)
+                .await
+        }
         Err(e) => Outcome::Failed(e.into()),
     };
     let result = sup.finish(held, outcome, &mut notify).await;
@@ -191,6 +201,7 @@ impl Supervisor<'_> {
         rec: InstanceRecord,
         held: &mut Held,
         stop: &mut StopRequests,
+        reload: &mut tokio::signal::unix::Signal,
         notify: &mut impl FnMut(Event),
     ) -> Outcome {
         let t0 = Instant::now();
@@ -264,20 +275,24 @@ impl Supervisor<'_> {
             let listener = UnixListener::bind(dir.agent_socket())?;
             Ok::<_, RuntimeError>((link, listener))
         };
-        let ready = tokio::select! {
-            r = ready => r,
-            status = child.wait() => {
-                let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
-                Err(mvm_core::backend::BackendError::new(
-                    backend.kind(),
-                    format!("the VMM {desc} before the guest agent answered"),
-                )
-                .with_logs(&dir)
-                .into())
+        tokio::pin!(ready);
+        let ready = loop {
+            tokio::select! {
+                r = &mut ready => break r,
+                status = child.wait() => {
+                    let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
+                    break Err(mvm_core::backend::BackendError::new(
+                        backend.kind(),
+                        format!("the VMM {desc} before the guest agent answered"),
+                    )
+                    .with_logs(&dir)
+                    .into());
+                }
+                // A booting guest cannot power off in an orderly way: a stop
+                // during the start cancels it.
+                _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
             }
-            // A booting guest cannot power off in an orderly way: a stop
-            // during the start cancels it.
-            _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
         };
         let (link, listener) = match ready {
             Ok(x) => x,
@@ -301,6 +316,7 @@ impl Supervisor<'_> {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
                 r = &mut main_wait, if main_waiting => {
                     main_waiting = false;
                     match main_process::ended(self.rt, &self.name, r) {
@@ -379,10 +395,21 @@ impl Supervisor<'_> {
         drives::prepare_start(&rec, &self.dir)?;
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
+        held.egress = egress::up(rt.config(), &rec, &self.dir).await?;
         let spec = spec::for_record(rt, &rec)?;
         remove_sockets(&self.dir);
         crate::fault::point("sup.vmm_spawn", None)?;
         Ok((backend, spec))
+    }
+
+    /// Enforce the egress policy the record holds now (`mvm update`); the
+    /// change runs in the background, owned by the [`egress::Egress`].
+    fn reload_egress(&self, egress: Option<&egress::Egress>) {
+        let Some(e) = egress else { return };
+        match self.rt.registry().load(&self.name) {
+            Ok(rec) => e.reload(rec.egress),
+            Err(err) => tracing::warn!("egress reload: {}", crate::error_chain(&err)),
+        }
     }
 
     /// Record `Stopping`; the stop's timeout (recorded by `mvm stop`, else
@@ -420,6 +447,7 @@ impl Supervisor<'_> {
             let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
         }
         let _ = crate::fault::point("sup.vmm_gone", None);
+        drop(held.egress.take());
         drop(held.network.take());
         let _ = crate::fault::point("sup.network_released", None);
         let (last_exit, error) = match &outcome {
