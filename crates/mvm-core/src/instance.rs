@@ -468,7 +468,7 @@ impl InstanceRecord {
             ),
             s if s.expects_vmm() => lost(Status::Stopped, "its owner (the mvm supervisor) died"),
             _ if self.transient => lost(Status::Stopped, "transient machine of a finished exec"),
-            _ if self.net.is_some() || self.vmm.is_some() || self.owner.is_some() => {
+            _ if self.net.is_some() || self.vmm.is_some() => {
                 lost(self.status, "runtime state left by a dead owner")
             }
             s => Observed {

@@ -238,8 +238,14 @@ pub fn create(
             .into_iter()
             .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
             .collect();
-        rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
-        registry.save(&rec)?;
+        let cid = (3..).find(|c| !used.contains(c)).expect("u32 range");
+        rec.vsock_cid = Some(cid);
+        // Under the record lock, keeping what others recorded meanwhile
+        // (a stop request).
+        registry.update(&name, |r| {
+            r.vsock_cid = Some(cid);
+            Ok(())
+        })?;
     }
     if disk::needed(image, opts.transient) {
         rec.drives.push(disk::create(image, &dir)?);
@@ -247,8 +253,10 @@ pub fn create(
     crate::fault::point("create.drives", None)?;
     process::save(&dir, &defaults)?;
     drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
-    rec.transition(Status::Created)?;
-    registry.save(&rec)?;
+    let (record, ()) = registry.update(&name, |r| {
+        r.drives = rec.drives.clone();
+        Ok(r.transition(Status::Created)?)
+    })?;
     unfinished.name = None;
-    Ok(Created { record: rec, lock })
+    Ok(Created { record, lock })
 }

@@ -219,17 +219,22 @@ impl Supervisor<'_> {
             Err(e) => return Outcome::Failed(e),
         };
 
-        // 2. The VMM.
-        let launched = tokio::select! {
-            r = backend.launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
+        // 2. The VMM. Its launch is bounded and not cancelled half-way: a
+        // stop that arrives meanwhile is honoured right after, with the VMM
+        // in hand, so the teardown kills *and reaps* it ("stopped" means no
+        // VMM process exists any more).
+        let launched = backend
+            .launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT)
+            .await;
         let mut running = match launched {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.into()),
         };
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
