@@ -332,6 +332,13 @@ pub struct InstanceRecord {
     /// Environment variables given with `-e` on `run` (applied to every exec).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The main process (an OCI image's Entrypoint + Cmd, `mvm run IMAGE`):
+    /// the machine stops when it exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<crate::main_process::MainProcess>,
+    /// How the main process last ended (cleared at each start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_exit: Option<crate::main_process::MainExit>,
 }
 
 /// The reconciled view of a machine.
@@ -377,6 +384,8 @@ impl InstanceRecord {
             drives: Vec::new(),
             vsock_cid: None,
             env: Vec::new(),
+            main: None,
+            main_exit: None,
         }
     }
 

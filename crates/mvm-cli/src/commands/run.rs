@@ -1,4 +1,6 @@
-//! `mvm run`: create and start a machine, detached; prints its name.
+//! `mvm run`: create and start a machine, detached; prints its name. An
+//! OCI image is pulled on first use and its Entrypoint + Cmd (or the
+//! command after `--`) becomes the machine's main process.
 
 use anyhow::Result;
 use mvm_runtime::ops::create::CreateOptions;
@@ -41,9 +43,12 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             add_dirs: Vec::new(),
         },
+        main: Some(a.command.clone()),
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
     };
     mvm_runtime::ops::create::check(&rt, &opts)?;
-    let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
+    let image = crate::commands::image::resolve(&rt, &a.image, &a.pull, quiet).await?;
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
     egress_note(&rt, opts.egress.as_ref(), opts.network, quiet);

@@ -13,7 +13,8 @@
 //! 3. takes the one stream to the guest agent and waits for the agent's
 //!    handshake (the machine is then *ready*);
 //! 4. serves `<instance>/agent.sock`, multiplexing every client onto that
-//!    stream, until the VMM exits or a stop is requested;
+//!    stream, until the VMM exits or a stop is requested; a machine with a
+//!    main process stops when it exits ([`main_process`]);
 //! 5. on a stop request (SIGTERM/SIGINT, with the timeout recorded by
 //!    `mvm stop`): while the guest boots, kills the VMM at once; once ready,
 //!    asks the guest agent to power off, then the VMM (ACPI / Ctrl-Alt-Del),
@@ -28,6 +29,7 @@
 //! for the detached supervisor).
 
 pub mod detached;
+pub mod main_process;
 pub mod spec;
 pub mod teardown;
 
@@ -56,6 +58,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reaping a killed VMM may take.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the main process's status, already on its way, may take to
+/// arrive after the VMM exited.
+const MAIN_STATUS_GRACE: Duration = Duration::from_millis(500);
 
 /// Progress of a supervisor, as seen by the process that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +180,7 @@ pub async fn supervise(
         r.owner = Some(me);
         r.owner_role = OwnerRole::Supervisor;
         r.error = None;
+        r.main_exit = None;
         Ok(())
     });
     let outcome = match record {
@@ -202,6 +208,7 @@ impl Supervisor<'_> {
         if rec.stop_request.is_some() {
             return Outcome::Ended("stopped before it started".into());
         }
+        let has_main = rec.main.is_some();
         // 1. Resources, cancelled by a stop request.
         let prepared = tokio::select! {
             r = self.prepare(rec, held) => r,
@@ -308,10 +315,26 @@ impl Supervisor<'_> {
         tokio::pin!(serve);
         let mut serving = true;
         let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+        let main_wait = main_process::wait(&dir, has_main);
+        tokio::pin!(main_wait);
+        let (mut main_waiting, mut main_ended) = (has_main, None);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
                 _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
+                r = &mut main_wait, if main_waiting => {
+                    main_waiting = false;
+                    match main_process::ended(self.rt, &self.name, r) {
+                        main_process::Ended::Lost => continue,
+                        main_process::Ended::Exited(d) => main_ended = Some(d),
+                        // Recorded as the machine's error.
+                        main_process::Ended::Unsupported(_) => {}
+                    }
+                    // The guest powers itself off; this backs it up.
+                    if stopping.is_none() {
+                        stopping = Some(Box::pin(graceful_stop(&backend, &dir, DEFAULT_STOP_TIMEOUT, false)));
+                    }
+                }
                 r = &mut serve, if serving => {
                     serving = false;
                     // A lost guest stream does not end the machine (the
@@ -344,11 +367,18 @@ impl Supervisor<'_> {
                 }
             }
         };
-        Outcome::Ended(
+        if main_waiting
+            && let Ok(r) = tokio::time::timeout(MAIN_STATUS_GRACE, &mut main_wait).await
+            && let main_process::Ended::Exited(d) = main_process::ended(self.rt, &self.name, r)
+        {
+            // The guest powered off right after answering.
+            main_ended = Some(d);
+        }
+        Outcome::Ended(main_ended.unwrap_or_else(|| {
             status
                 .map(describe)
-                .unwrap_or_else(|e| format!("unknown ({e})")),
-        )
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        }))
     }
 
     /// Volumes, address, config drive, network, backend and spec.
