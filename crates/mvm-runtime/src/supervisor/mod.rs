@@ -209,15 +209,19 @@ impl Supervisor<'_> {
             return Outcome::Ended("stopped before it started".into());
         }
         let has_main = rec.main.is_some();
-        // 1. Resources, cancelled by a stop request.
-        let prepared = tokio::select! {
-            r = self.prepare(rec, held) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
+        // 1. Resources. Preparing is bounded (every step has a deadline) and
+        // not cancelled half-way — work handed to blocking threads (nft,
+        // name resolution) would finish after the teardown and leave rules
+        // behind; a stop that arrives meanwhile is honoured right after, with
+        // everything acquired in `held` for the teardown to release.
+        let prepared = self.prepare(rec, held).await;
         let (backend, spec) = match prepared {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
         };
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
 
         // 2. The VMM. Its launch is bounded and not cancelled half-way: a
         // stop that arrives meanwhile is honoured right after, with the VMM
