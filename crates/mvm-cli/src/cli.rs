@@ -54,6 +54,47 @@ pub enum NetworkArg {
     None,
 }
 
+/// When to pull the image of `run`, `exec --image` and `shell --image`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    /// Never: the image must have been pulled or imported.
+    Never,
+    /// When it is not in the store yet.
+    Missing,
+    /// Always ask the registry for the tag's current image.
+    Always,
+}
+
+impl From<PullArg> for mvm_oci::PullPolicy {
+    fn from(p: PullArg) -> Self {
+        match p {
+            PullArg::Never => Self::Never,
+            PullArg::Missing => Self::Missing,
+            PullArg::Always => Self::Always,
+        }
+    }
+}
+
+/// Pulling on first use (`run`, `exec --image`, `shell --image`).
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// When to pull the image from its registry.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "missing")]
+    pub pull: PullArg,
+    /// Talk plain HTTP to the image's registry (e.g. `localhost:5000`).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl Default for PullArgs {
+    fn default() -> Self {
+        Self {
+            pull: PullArg::Missing,
+            insecure: false,
+        }
+    }
+}
+
 /// All subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -84,6 +125,8 @@ pub enum Command {
     Pause(NameArg),
     /// Resume a paused machine.
     Resume(NameArg),
+    /// Change a machine's settings (its egress policy), live when it runs.
+    Update(UpdateArgs),
     /// Remove leftovers no registered machine owns.
     Gc,
     /// Manage named volumes.
@@ -198,6 +241,10 @@ pub enum ImageCommand {
         /// Read the registry password from standard input.
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// Print the pull's figures (layers, bytes downloaded and found in
+        /// the cache, times) as one JSON document instead of the reference.
+        #[arg(long)]
+        json: bool,
     },
     /// Import a `docker save` tarball or an OCI image layout (directory or
     /// tarball).
@@ -249,6 +296,11 @@ pub struct RunArgs {
     /// Network mode.
     #[arg(long, value_enum)]
     pub network: Option<NetworkArg>,
+    /// What the machine may reach: allow-all, deny-all or
+    /// allow=SPEC[,SPEC...] (SPEC: IP, CIDR or host name, optionally
+    /// :PORT or :PORT/udp); repeat to add up. Default from the config.
+    #[arg(long, value_name = "POLICY")]
+    pub egress: Vec<String>,
     /// Backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
@@ -263,6 +315,20 @@ pub struct RunArgs {
     /// vCPUs); needs a confined VMM (root).
     #[arg(long, value_name = "CPUS")]
     pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
+    /// Default user of the main process and every exec (over the image's
+    /// User): NAME, UID, NAME:GROUP or UID:GID.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Default working directory (over the image's WorkingDir).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Pulling the image.
+    #[command(flatten)]
+    pub pull: PullArgs,
+    /// The main process's command, replacing the image's Cmd (after `--`;
+    /// the image's Entrypoint stays). The machine stops when it exits.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// One or more machine names.
@@ -332,6 +398,17 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// `mvm update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Machine name.
+    pub name: String,
+    /// The new egress policy (as `mvm run --egress`; repeat to add up).
+    /// A running machine enforces it at once, atomically.
+    #[arg(long, value_name = "POLICY", required = true)]
+    pub egress: Vec<String>,
+}
+
 /// `mvm logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -384,12 +461,22 @@ pub struct ExecArgs {
     /// Cap the transient machine's CPU time at CPUS (e.g. 0.5, 2).
     #[arg(long, value_name = "CPUS", conflicts_with = "name")]
     pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
+    /// What the transient machine may reach (as `mvm run --egress`).
+    #[arg(long, value_name = "POLICY", conflicts_with = "name")]
+    pub egress: Vec<String>,
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run as this user (over the image's User): NAME, UID, NAME:GROUP or
+    /// UID:GID.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Pulling the image of the transient machine.
+    #[command(flatten)]
+    pub pull: PullArgs,
     /// Kill the command after SECS seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -424,6 +511,12 @@ pub struct ShellArgs {
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
+    /// Run the shell as this user (over the image's User).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Pulling the image of the transient machine.
+    #[command(flatten)]
+    pub pull: PullArgs,
 }
 
 /// `mvm completion`.

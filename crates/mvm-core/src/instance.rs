@@ -337,6 +337,13 @@ pub struct InstanceRecord {
     /// `--no-jailer`, or a record of an earlier version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<crate::isolation::Isolation>,
+    /// The main process (an OCI image's Entrypoint + Cmd, `mvm run IMAGE`):
+    /// the machine stops when it exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<crate::main_process::MainProcess>,
+    /// How the main process last ended (cleared at each start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_exit: Option<crate::main_process::MainExit>,
 }
 
 /// The reconciled view of a machine.
@@ -383,6 +390,8 @@ impl InstanceRecord {
             vsock_cid: None,
             env: Vec::new(),
             isolation: None,
+            main: None,
+            main_exit: None,
         }
     }
 
@@ -465,7 +474,7 @@ impl InstanceRecord {
             ),
             s if s.expects_vmm() => lost(Status::Stopped, "its owner (the mvm supervisor) died"),
             _ if self.transient => lost(Status::Stopped, "transient machine of a finished exec"),
-            _ if self.net.is_some() || self.vmm.is_some() || self.owner.is_some() => {
+            _ if self.net.is_some() || self.vmm.is_some() => {
                 lost(self.status, "runtime state left by a dead owner")
             }
             s => Observed {

@@ -48,10 +48,16 @@ use crate::qmp::{Qmp, QmpError, RunState, connect_unix_retry};
 
 /// The binary name looked up on `PATH`.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-/// Environment variable naming the QEMU binary explicitly.
-pub const QEMU_BIN_ENV: &str = "MVM_QEMU_BIN";
-/// Environment variable forcing the accelerator (`kvm` or `tcg`).
-pub const QEMU_ACCEL_ENV: &str = "MVM_QEMU_ACCEL";
+/// What the caller's settings say about QEMU (mvm reads them from its
+/// configuration: `qemu_bin`, `qemu_accel`, `MVM_QEMU_BIN`,
+/// `MVM_QEMU_ACCEL`); nothing is read from the environment here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// Use this binary instead of `qemu-system-x86_64` on `PATH`.
+    pub binary: Option<PathBuf>,
+    /// Force this accelerator instead of probing KVM.
+    pub accel: Option<Accel>,
+}
 
 /// How long a control operation (pause, resume, shutdown) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,6 +83,7 @@ pub struct QemuBackend {
     accel: Accel,
     accel_reason: String,
     user_net: Option<Vec<HostForward>>,
+    user_restrict: bool,
 }
 
 /// What [`QemuBackend::doctor`] reports.
@@ -101,21 +108,20 @@ impl std::fmt::Display for DoctorReport {
 }
 
 impl QemuBackend {
-    /// Find QEMU (`$MVM_QEMU_BIN`, else `qemu-system-x86_64` on `PATH`),
-    /// read its version and choose the accelerator: KVM when
-    /// [`kvm_usable`] says so, TCG otherwise (`$MVM_QEMU_ACCEL` overrides).
+    /// Find `qemu-system-x86_64` on `PATH`, read its version and choose
+    /// the accelerator: KVM when [`kvm_usable`] says so, TCG otherwise.
     pub fn detect() -> Result<Self, BackendError> {
-        let binary = find_binary()?;
+        Self::detect_with(&Discovery::default())
+    }
+
+    /// [`QemuBackend::detect`], with the binary and accelerator the
+    /// caller's settings name (when they do).
+    pub fn detect_with(d: &Discovery) -> Result<Self, BackendError> {
+        let binary = find_binary(d.binary.as_deref())?;
         let version = binary_version(&binary)?;
-        let (accel, accel_reason) = match std::env::var(QEMU_ACCEL_ENV).as_deref() {
-            Ok("kvm") => (Accel::Kvm, format!("forced by {QEMU_ACCEL_ENV}=kvm")),
-            Ok("tcg") => (Accel::Tcg, format!("forced by {QEMU_ACCEL_ENV}=tcg")),
-            Ok(other) if !other.is_empty() => {
-                return Err(err(format!(
-                    "{QEMU_ACCEL_ENV}={other:?} is not an accelerator (expected kvm or tcg)"
-                )));
-            }
-            _ => {
+        let (accel, accel_reason) = match d.accel {
+            Some(a) => (a, format!("forced by the configuration ({a})")),
+            None => {
                 let kvm = kvm_usable();
                 if kvm.usable {
                     (Accel::Kvm, kvm.reason)
@@ -130,6 +136,7 @@ impl QemuBackend {
             accel,
             accel_reason,
             user_net: None,
+            user_restrict: false,
         })
     }
 
@@ -141,6 +148,7 @@ impl QemuBackend {
             accel,
             accel_reason: "chosen by the caller".into(),
             user_net: None,
+            user_restrict: false,
         }
     }
 
@@ -149,6 +157,13 @@ impl QemuBackend {
     /// still be `Some` (its MAC is used; its TAP name is ignored).
     pub fn with_user_net(mut self, forwards: Vec<HostForward>) -> Self {
         self.user_net = Some(forwards);
+        self
+    }
+
+    /// With user-mode networking, isolate the guest (`restrict=on`: it
+    /// reaches neither the host nor the outside; forwards still work).
+    pub fn restrict_user_net(mut self, on: bool) -> Self {
+        self.user_restrict = on;
         self
     }
 
@@ -179,7 +194,11 @@ impl QemuBackend {
 
     /// The QEMU command line for `spec` in `dir` (without the program).
     pub fn args(&self, spec: &VmSpec, dir: &InstanceDir) -> QemuArgs {
-        QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref())
+        let mut a = QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref());
+        if let Some(crate::argv::NetArgs::User { restrict, .. }) = &mut a.net {
+            *restrict = self.user_restrict;
+        }
+        a
     }
 
     /// A fresh QMP session for a control operation on `dir`.
@@ -215,27 +234,20 @@ impl QemuBackend {
     }
 }
 
-fn find_binary() -> Result<PathBuf, BackendError> {
-    if let Some(p) = std::env::var_os(QEMU_BIN_ENV).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
+fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BackendError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_owned())
         } else {
             Err(err(format!(
-                "{QEMU_BIN_ENV}={} is not an executable file",
+                "the configured QEMU binary {} is not an executable file",
                 p.display()
             )))
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(QEMU_BINARY))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            err(format!(
-                "{QEMU_BINARY} not found on PATH (install qemu-system-x86, e.g. `apt-get install qemu-system-x86`, or set {QEMU_BIN_ENV})"
-            ))
-        })
+    mvm_core::tools::QEMU
+        .require()
+        .map_err(|e| err(e.to_string()))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -245,50 +257,18 @@ fn is_executable(p: &Path) -> bool {
 
 /// First line of `<binary> --version`, within [`VERSION_TIMEOUT`].
 pub(crate) fn binary_version(binary: &Path) -> Result<String, BackendError> {
-    use std::io::Read;
-    let mut child = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| err(format!("cannot run {} --version", binary.display())).with_source(e))?;
-    // No event to wait on with a timeout in std: poll with bounded backoff.
-    let deadline = Instant::now() + VERSION_TIMEOUT;
-    let mut delay = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(50));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err(format!(
-                    "{} --version did not finish within {VERSION_TIMEOUT:?}",
-                    binary.display()
-                )));
-            }
-            Err(e) => {
-                return Err(
-                    err(format!("cannot wait for {} --version", binary.display())).with_source(e),
-                );
-            }
-        }
-    };
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if !status.success() {
-        return Err(err(format!(
-            "{} --version failed ({status})",
-            binary.display()
-        )));
-    }
-    Ok(out.lines().next().unwrap_or_default().trim().to_owned())
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--version").stdin(Stdio::null());
+    let out = mvm_core::tools::run(cmd, VERSION_TIMEOUT).map_err(|e| {
+        err(format!("cannot read the version of {}", binary.display())).with_source(e)
+    })?;
+    Ok(out
+        .stdout_text()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
 }
 
 /// Remove `path` if it is a socket nobody serves; fail if someone does.

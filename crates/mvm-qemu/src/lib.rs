@@ -25,5 +25,5 @@ pub mod qmp;
 pub mod snapshot;
 
 pub use argv::{Accel, FwdProto, HostForward, MemoryFileArgs, NetArgs, QemuArgs};
-pub use backend::{DoctorReport, QemuBackend};
+pub use backend::{Discovery, DoctorReport, QemuBackend};
 pub use qmp::{Qmp, QmpError, RunState, StatusInfo};

@@ -27,6 +27,9 @@ pub enum RuntimeError {
     /// Releasing a VMM's confinement (cgroup, chroot) failed.
     #[error(transparent)]
     Jail(Box<mvm_jail::JailError>),
+    /// Egress policy enforcement.
+    #[error(transparent)]
+    Egress(Box<crate::resources::egress::EgressError>),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),
@@ -109,6 +112,18 @@ impl From<crate::resources::drives::DrivesError> for RuntimeError {
 impl From<crate::resources::network::NetworkError> for RuntimeError {
     fn from(e: crate::resources::network::NetworkError) -> Self {
         Self::Network(Box::new(e))
+    }
+}
+
+impl From<crate::resources::egress::EgressError> for RuntimeError {
+    fn from(e: crate::resources::egress::EgressError) -> Self {
+        Self::Egress(Box::new(e))
+    }
+}
+
+impl From<mvm_core::egress::EgressError> for RuntimeError {
+    fn from(e: mvm_core::egress::EgressError) -> Self {
+        Self::Invalid(e.to_string())
     }
 }
 

@@ -7,11 +7,13 @@ use mvm_runtime::ops::create::CreateOptions;
 use mvm_runtime::ops::exec::ExecOptions;
 
 use crate::cli::ExecArgs;
-use crate::commands::{parse_env, runtime};
+use crate::commands::{egress_note, parse_egress, parse_env, runtime};
 use crate::progress::Bars;
 
 pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
-    if a.command.is_empty() && a.launch_plan.is_none() {
+    // `exec --image IMAGE` without a command runs the image's Entrypoint +
+    // Cmd (checked by the runtime).
+    if a.command.is_empty() && a.launch_plan.is_none() && a.image.is_none() {
         bail!("no command given (usage: mvm exec [NAME] -- CMD [ARG...])");
     }
     if !a.command.is_empty() && a.launch_plan.is_some() {
@@ -28,6 +30,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         timeout: a.timeout.map(Duration::from_secs),
         stdin: a.interactive,
         tty: a.tty,
+        user: a.user.clone(),
     };
     if let Some(plan) = &a.launch_plan {
         // argv, working directory, and the environment with precedence
@@ -54,6 +57,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         backend: a.backend.map(Into::into).unwrap_or(rt.config().backend),
         cpus: a.cpus,
         memory_mib: a.memory,
+        egress: parse_egress(&a.egress)?,
         data: mvm_runtime::resources::drives::DataOptions {
             add_dirs: a
                 .add_dirs
@@ -71,8 +75,9 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     let ti = Instant::now();
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
-    let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
+    let image = crate::commands::image::resolve(&rt, &image_name, &a.pull, quiet).await?;
     let image_ms = ti.elapsed().as_millis() as u64;
+    egress_note(&rt, create.egress.as_ref(), create.network, quiet);
     let (outcome, t) =
         mvm_runtime::ops::exec::exec_transient(&rt, &image, image_ms, create, &opts).await?;
     tracing::info!(

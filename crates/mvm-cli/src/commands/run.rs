@@ -1,11 +1,13 @@
-//! `mvm run`: create and start a machine, detached; prints its name.
+//! `mvm run`: create and start a machine, detached; prints its name. An
+//! OCI image is pulled on first use and its Entrypoint + Cmd (or the
+//! command after `--`) becomes the machine's main process.
 
 use anyhow::Result;
 use mvm_runtime::ops::create::CreateOptions;
 use mvm_runtime::ops::start::{StartOutcome, WaitFor};
 
 use crate::cli::{NetworkArg, RunArgs};
-use crate::commands::{parse_env, runtime};
+use crate::commands::{egress_note, parse_egress, parse_env, runtime};
 
 pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     let rt = runtime()?;
@@ -28,6 +30,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
             .iter()
             .map(|p| mvm_net::ports::parse_port_spec(p))
             .collect::<Result<_, _>>()?,
+        egress: parse_egress(&a.egress)?,
         data: mvm_runtime::resources::drives::DataOptions {
             volumes: a
                 .volumes
@@ -41,14 +44,18 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             add_dirs: Vec::new(),
         },
+        main: Some(a.command.clone()),
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
         no_jailer: a.no_jailer,
         cpu_quota: a.cpu_quota,
     };
     mvm_runtime::ops::create::check(&rt, &opts)?;
-    let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
+    let image = crate::commands::image::resolve(&rt, &a.image, &a.pull, quiet).await?;
     tracing::debug!("timing: options checked, image ready");
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
+    egress_note(&rt, opts.egress.as_ref(), opts.network, quiet);
     let wait = if a.no_wait {
         WaitFor::Started
     } else {

@@ -3,6 +3,9 @@
 //! confined — its uid and cgroup under the global lock
 //! ([`crate::resources::jail`]), build its root disk and drives (outside
 //! any global lock), record it `Created`.
+//! The image's config (an OCI image's Env, WorkingDir, User, Entrypoint,
+//! Cmd) becomes the machine's process defaults and main process here
+//! (`resources::process`).
 //!
 //! A creation that fails — bad input, a failing `mkfs`, an interrupt —
 //! leaves nothing: the guard removes the half-made machine, and if the
@@ -12,11 +15,12 @@
 use mvm_core::Status;
 use mvm_core::backend::{BackendChoice, BackendKind};
 use mvm_core::instance::{InstanceRecord, NetworkMode, OwnerRole, PortMapping};
+use mvm_core::main_process::ProcessDefaults;
 use mvm_core::process::ProcessIdentity;
 use mvm_core::registry::OwnerLock;
 
 use crate::resources::backend::select;
-use crate::resources::{disk, drives, jail, network};
+use crate::resources::{disk, drives, jail, network, process};
 use crate::{Runtime, RuntimeError};
 
 /// Smallest memory a machine may have, MiB.
@@ -41,6 +45,13 @@ pub struct CreateOptions {
     pub network: Option<NetworkMode>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
+    /// What the machine may reach (`--egress`, combined with
+    /// `EgressPolicy::from_flags`); the configured default
+    /// (`network.egress`, `MVM_EGRESS`) when `None`. Every way of creating
+    /// a machine sets it from its own `--egress` flags: `run`, transient
+    /// `exec`, and `template create` (the machines it records and restores
+    /// are created through these options too).
+    pub egress: Option<mvm_core::egress::EgressPolicy>,
     /// Volumes, secrets and added directories.
     pub data: drives::DataOptions,
     /// `--no-jailer`: run this machine's VMM unconfined even as root.
@@ -48,6 +59,15 @@ pub struct CreateOptions {
     /// `--cpu-quota`: the CPU cap of the machine's cgroup (config
     /// `cpu_quota` when `None`; else its vCPUs).
     pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
+    /// Run a main process (`mvm run`): the image's Entrypoint followed by
+    /// this command, or by the image's Cmd when it is empty (see
+    /// [`process`]). `None`: no main process (a transient exec).
+    pub main: Option<Vec<String>>,
+    /// Default user of every command (over the image's `User`).
+    pub user: Option<String>,
+    /// Default working directory of every command (over the image's
+    /// `WorkingDir`).
+    pub workdir: Option<String>,
 }
 
 impl Default for CreateOptions {
@@ -61,9 +81,13 @@ impl Default for CreateOptions {
             env: Vec::new(),
             network: None,
             ports: Vec::new(),
+            egress: None,
             data: drives::DataOptions::default(),
             no_jailer: false,
             cpu_quota: None,
+            main: None,
+            user: None,
+            workdir: None,
         }
     }
 }
@@ -142,6 +166,11 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     {
         jail::jailer_binary(config, &fc)?;
     }
+    let egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
+    crate::resources::egress::check(network, &egress)?;
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     Ok(())
 }
@@ -152,6 +181,15 @@ pub fn validate(
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<InstanceRecord, RuntimeError> {
+    Ok(plan(rt, opts, image)?.0)
+}
+
+/// The record to create and the defaults of its commands.
+fn plan(
+    rt: &Runtime,
+    opts: &CreateOptions,
+    image: &mvm_image::Image,
+) -> Result<(InstanceRecord, ProcessDefaults), RuntimeError> {
     check(rt, opts)?;
     let name = opts.name.clone().unwrap_or_else(mvm_core::name::generate);
     mvm_core::name::validate(&name).map_err(mvm_core::registry::RegistryError::from)?;
@@ -164,7 +202,21 @@ pub fn validate(
     rec.env = opts.env.clone();
     rec.network = opts.network.unwrap_or(config.network.mode);
     rec.ports = opts.ports.clone();
-    Ok(rec)
+    rec.egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
+    let image_config = process::image_config(image)?;
+    let defaults = process::defaults(
+        image_config.as_ref(),
+        opts.workdir.as_deref(),
+        opts.user.as_deref(),
+    );
+    rec.main = opts
+        .main
+        .as_ref()
+        .and_then(|cmd| process::main_process(image_config.as_ref(), &defaults, &rec.env, cmd));
+    Ok((rec, defaults))
 }
 
 /// Removes a machine whose creation did not finish (unless disarmed).
@@ -189,7 +241,7 @@ pub fn create(
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<Created, RuntimeError> {
-    let mut rec = validate(rt, opts, image)?;
+    let (mut rec, defaults) = plan(rt, opts, image)?;
     let name = rec.name.clone();
     let registry = rt.registry();
     rec.owner = Some(ProcessIdentity::current());
@@ -209,17 +261,27 @@ pub fn create(
             .into_iter()
             .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
             .collect();
-        rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
-        if jail::policy(rt.config(), opts.no_jailer).enabled {
-            rec.isolation = Some(jail::allocate(
+        let cid = (3..).find(|c| !used.contains(c)).expect("u32 range");
+        rec.vsock_cid = Some(cid);
+        let isolation = if jail::policy(rt.config(), opts.no_jailer).enabled {
+            Some(jail::allocate(
                 registry,
                 rt.config(),
                 rt.home(),
                 &rec,
                 opts.cpu_quota,
-            )?);
-        }
-        registry.save(&rec)?;
+            )?)
+        } else {
+            None
+        };
+        rec.isolation = isolation.clone();
+        // Under the record lock, keeping what others recorded meanwhile
+        // (a stop request).
+        registry.update(&name, |r| {
+            r.vsock_cid = Some(cid);
+            r.isolation = isolation.clone();
+            Ok(())
+        })?;
     }
     tracing::debug!("timing: name claimed, CID and confinement allocated");
     if disk::needed(image, opts.transient) {
@@ -227,10 +289,13 @@ pub fn create(
     }
     tracing::debug!("timing: root disk made");
     crate::fault::point("create.drives", None)?;
+    process::save(&dir, &defaults)?;
     drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
-    rec.transition(Status::Created)?;
-    registry.save(&rec)?;
+    let (record, ()) = registry.update(&name, |r| {
+        r.drives = rec.drives.clone();
+        Ok(r.transition(Status::Created)?)
+    })?;
     tracing::debug!("timing: drives built, machine created");
     unfinished.name = None;
-    Ok(Created { record: rec, lock })
+    Ok(Created { record, lock })
 }

@@ -2,8 +2,11 @@
 //! them): machines whose owner died (recovered as every command does),
 //! unreadable records nobody owns, mvm processes that belong to no
 //! registered machine of this home, network objects (TAPs, `mvm:`
-//! rules) that no running machine owns, and VMM confinement (cgroups,
-//! chroot mounts, jail directories) of no machine with a live owner.
+//! rules) that no running machine owns, VMM confinement (cgroups, chroot
+//! mounts, jail directories) of no machine with a live owner, and what
+//! pulls, imports and image builds left in the image store
+//! (`mvm_oci::leftovers`: blobs no image needs, interrupted downloads,
+//! `images/.tmp-*`).
 //!
 //! Processes are found by the machine tag mvm puts in the environment of
 //! every supervisor and VMM it spawns ([`mvm_core::env::MVM_MACHINE_TAG`]),
@@ -45,6 +48,11 @@ pub enum Leftover {
         /// What it is.
         leftover: jail::JailLeftover,
     },
+    /// A blob, download or build directory no image needs.
+    Image {
+        /// What it is.
+        what: String,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -60,7 +68,7 @@ impl std::fmt::Display for Leftover {
                 process.cmdline,
                 process.instance_dir.display()
             ),
-            Leftover::Network { what } => f.write_str(what),
+            Leftover::Network { what } | Leftover::Image { what } => f.write_str(what),
             Leftover::Jail { leftover } => leftover.fmt(f),
         }
     }
@@ -120,6 +128,12 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<Leftover>, RuntimeError> {
     }
     for leftover in jail::leftovers(rt) {
         out.push(Leftover::Jail { leftover });
+    }
+    match mvm_oci::leftovers(rt.home()) {
+        Ok(l) => out.extend(l.into_iter().map(|l| Leftover::Image {
+            what: l.to_string(),
+        })),
+        Err(e) => tracing::warn!("cannot list image store leftovers: {e}"),
     }
     Ok(out)
 }
@@ -186,6 +200,26 @@ pub async fn gc(rt: &Runtime) -> Result<GcReport, RuntimeError> {
             .removed
             .extend(net.removed.iter().map(|l| l.to_string()));
         report.kept.extend(net.kept.iter().map(|l| l.to_string()));
+    }
+    match mvm_oci::gc(rt.home()) {
+        Ok(Some(g)) => {
+            let n = g.blobs + g.partials + g.builds;
+            if n > 0 {
+                report.removed.push(format!(
+                    "{} unused image blob(s), {} interrupted download(s), {} unfinished image build(s): {:.1} MB",
+                    g.blobs,
+                    g.partials,
+                    g.builds,
+                    g.bytes as f64 / 1e6
+                ));
+            }
+        }
+        Ok(None) => report
+            .kept
+            .push("image blobs: a pull or import is running; run `mvm gc` again later".into()),
+        Err(e) => report
+            .kept
+            .push(format!("image blobs: {}", crate::error_chain(&e))),
     }
     Ok(report)
 }

@@ -64,6 +64,8 @@ pub struct InspectView {
     /// The VMM's confinement: uid, gid, chroot and cgroup (`null`: the VMM
     /// runs with mvm's own privileges).
     pub isolation: Option<mvm_jail::IsolationView>,
+    /// The egress policy: recorded, enforced, resolved names, refusals.
+    pub egress: crate::resources::egress::EgressView,
     /// The persisted record.
     pub record: InstanceRecord,
 }
@@ -125,6 +127,7 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<InspectView, RuntimeError> {
         vmm_log: dir.vmm_log(),
         supervisor_log: dir.supervisor_log(),
         isolation: rec.isolation.as_ref().map(|i| mvm_jail::view(&dir, i)),
+        egress: crate::resources::egress::view(&rec, &dir, owned),
         record: rec,
     })
 }

@@ -23,10 +23,7 @@ pub fn recover_owned(rt: &Runtime, name: &str, lock: &OwnerLock) -> Result<bool,
         Err(RegistryError::NotFound { .. }) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    // The caller owns the machine: a record naming the caller as its owner
-    // (`mvm run` right after creating it) is not a dead owner's.
-    let ours = rec.owner == Some(mvm_core::process::ProcessIdentity::current());
-    let observed = rec.observe(ours);
+    let observed = rec.observe(false);
     if !observed.needs_recovery {
         return Ok(false);
     }

@@ -68,6 +68,19 @@ pub fn select(choice: BackendChoice, config: &Config, home: &MvmHome) -> Selecti
     }
 }
 
+/// The QEMU backend as the settings describe it (`qemu_bin`,
+/// `qemu_accel`).
+pub fn qemu(config: &Config) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
+    use mvm_core::config::QemuAccel;
+    Ok(mvm_qemu::QemuBackend::detect_with(&mvm_qemu::Discovery {
+        binary: config.qemu_bin.clone(),
+        accel: config.qemu_accel.map(|a| match a {
+            QemuAccel::Kvm => mvm_qemu::Accel::Kvm,
+            QemuAccel::Tcg => mvm_qemu::Accel::Tcg,
+        }),
+    })?)
+}
+
 /// Where the firecracker binary is, if anywhere.
 pub fn firecracker_binary(config: &Config, home: &MvmHome) -> Option<PathBuf> {
     mvm_firecracker::install::find_binary(config, home).ok()
@@ -77,7 +90,7 @@ impl AnyBackend {
     /// Instantiate the backend of `kind`.
     pub fn open(kind: BackendKind, config: &Config, home: &MvmHome) -> Result<Self, RuntimeError> {
         match kind {
-            BackendKind::Qemu => Ok(Self::Qemu(mvm_qemu::QemuBackend::detect()?)),
+            BackendKind::Qemu => Ok(Self::Qemu(qemu(config)?)),
             BackendKind::Firecracker => {
                 let bin =
                     firecracker_binary(config, home).ok_or_else(|| RuntimeError::Missing {
@@ -123,7 +136,10 @@ impl AnyBackend {
                         guest_port: p.guest_port,
                     })
                     .collect();
-                Self::Qemu(q.with_user_net(forwards))
+                Self::Qemu(
+                    q.with_user_net(forwards)
+                        .restrict_user_net(crate::resources::egress::user_mode_restrict(rec)),
+                )
             }
             other => other,
         })

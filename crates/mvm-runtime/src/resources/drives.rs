@@ -14,9 +14,10 @@
 //! this module.
 //!
 //! - **config** (`mvm-config`, ro, `/mnt/config`): `config.json` with the
-//!   machine's id, name and network identity. Built once per content: at
-//!   creation when the machine's address is already known (none, or user
-//!   networking), else at its first start, and again only when the
+//!   machine's id, name and network identity, and its main process (key
+//!   `main`, read by the guest agent after boot). Built once per content:
+//!   at creation when the machine's address is already known (none, or
+//!   user networking), else at its first start, and again only when the
 //!   content changes (a new address); [`CONFIG_DRIVE_SOURCE`] keeps what
 //!   it was built from.
 //! - **secrets** (`mvm-secrets`, `/mnt/secrets`): the guest copies the
@@ -402,6 +403,13 @@ pub fn write_config_drive(
         cfg.prefix_len = Some(n.prefix);
         cfg.gateway = Some(n.gateway);
     }
+    cfg.main = rec.main.as_ref().map(|m| mvm_agent_proto::MainSpec {
+        argv: m.argv.clone(),
+        env: m.env.clone(),
+        cwd: m.cwd.clone(),
+        user: m.user.clone(),
+        poweroff_grace_ms: None,
+    });
     let source = dir.root().join(CONFIG_DRIVE_SOURCE);
     let json = serde_json::to_vec(&cfg).expect("plain data serialises");
     if dir.config_drive().is_file() && fs_err::read(&source).is_ok_and(|old| old == json) {

@@ -9,14 +9,19 @@
 //! - [`drives`]: config and secrets drives, named volumes, host directories
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
+//! - [`egress`]: the egress policy's rules, DNS filter and state file;
 //! - [`backend`]: which hypervisor backend runs a machine;
 //! - [`jail`]: the VMM's confinement (uid/gid, cgroup, chroot);
-//! - [`agent`]: the way in to a running machine's guest agent.
+//! - [`agent`]: the way in to a running machine's guest agent;
+//! - [`process`]: the defaults of every command run in a machine (an OCI
+//!   image's Env, WorkingDir, User) and its main process.
 
 pub mod agent;
 pub mod backend;
 pub mod config_template;
 pub mod disk;
 pub mod drives;
+pub mod egress;
 pub mod jail;
 pub mod network;
+pub mod process;

@@ -7,13 +7,14 @@
 //! spawned it, so there is no moment without an owner), and
 //!
 //! 1. prepares the machine's resources: volumes free, network address,
-//!    config drive, TAP and port forwarders;
+//!    config drive, TAP and port forwarders, egress rules and DNS filter;
 //! 2. launches the VMM as its child (with a death signal: the VMM never
 //!    outlives its supervisor) and records it;
 //! 3. takes the one stream to the guest agent and waits for the agent's
 //!    handshake (the machine is then *ready*);
 //! 4. serves `<instance>/agent.sock`, multiplexing every client onto that
-//!    stream, until the VMM exits or a stop is requested;
+//!    stream, until the VMM exits or a stop is requested; a machine with a
+//!    main process stops when it exits ([`main_process`]);
 //! 5. on a stop request (SIGTERM/SIGINT, with the timeout recorded by
 //!    `mvm stop`): while the guest boots, kills the VMM at once; once ready,
 //!    asks the guest agent to power off, then the VMM (ACPI / Ctrl-Alt-Del),
@@ -21,10 +22,14 @@
 //! 6. runs the one idempotent teardown ([`teardown::release`]) and exits,
 //!    which releases the lock.
 //!
+//! SIGUSR1 asks it to enforce the egress policy now in the record (`mvm
+//! update`; see `resources::egress`), once the VMM runs.
+//!
 //! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
 //! for the detached supervisor).
 
 pub mod detached;
+pub mod main_process;
 pub mod spec;
 pub mod teardown;
 
@@ -40,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::resources::backend::AnyBackend;
-use crate::resources::{drives, network};
+use crate::resources::{drives, egress, network};
 use crate::{Runtime, RuntimeError};
 
 /// How long the VMM may take to accept its configuration.
@@ -53,6 +58,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reaping a killed VMM may take.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the main process's status, already on its way, may take to
+/// arrive after the VMM exited.
+const MAIN_STATUS_GRACE: Duration = Duration::from_millis(500);
 
 /// Progress of a supervisor, as seen by the process that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +150,7 @@ struct Supervisor<'a> {
 #[derive(Default)]
 struct Held {
     network: Option<network::MachineNetwork>,
+    egress: Option<egress::Egress>,
     child: Option<mvm_core::vmm_child::VmmChild>,
 }
 
@@ -163,16 +172,23 @@ pub async fn supervise(
         dir: rt.dir(name),
     };
     let mut held = Held::default();
+    // Before the record is read: a change recorded from now on is either
+    // in what `prepare` reads or signalled here.
+    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     crate::fault::point("sup.adopted", None)?;
     tracing::debug!("timing: supervisor adopted the machine");
     let record = rt.registry().update(name, |r| {
         r.owner = Some(me);
         r.owner_role = OwnerRole::Supervisor;
         r.error = None;
+        r.main_exit = None;
         Ok(())
     });
     let outcome = match record {
-        Ok((rec, ())) => sup.lifecycle(rec, &mut held, &mut stop, &mut notify).await,
+        Ok((rec, ())) => {
+            sup.lifecycle(rec, &mut held, &mut stop, &mut reload, &mut notify)
+                .await
+        }
         Err(e) => Outcome::Failed(e.into()),
     };
     let result = sup.finish(held, outcome, &mut notify).await;
@@ -186,27 +202,35 @@ impl Supervisor<'_> {
         rec: InstanceRecord,
         held: &mut Held,
         stop: &mut StopRequests,
+        reload: &mut tokio::signal::unix::Signal,
         notify: &mut impl FnMut(Event),
     ) -> Outcome {
         let t0 = Instant::now();
         if rec.stop_request.is_some() {
             return Outcome::Ended("stopped before it started".into());
         }
-        // 1. Resources, cancelled by a stop request.
-        let prepared = tokio::select! {
-            r = self.prepare(rec, held) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
+        let has_main = rec.main.is_some();
+        // 1. Resources. Preparing is bounded (every step has a deadline) and
+        // not cancelled half-way — work handed to blocking threads (nft,
+        // name resolution) would finish after the teardown and leave rules
+        // behind; a stop that arrives meanwhile is honoured right after, with
+        // everything acquired in `held` for the teardown to release.
+        let prepared = self.prepare(rec, held).await;
         let (backend, spec) = match prepared {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
         };
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
 
-        // 2. The VMM.
-        let launched = tokio::select! {
-            r = backend.launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
+        // 2. The VMM. Its launch is bounded and not cancelled half-way: a
+        // stop that arrives meanwhile is honoured right after, with the VMM
+        // in hand, so the teardown kills *and reaps* it ("stopped" means no
+        // VMM process exists any more).
+        let launched = backend
+            .launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT)
+            .await;
         let mut running = match launched {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.into()),
@@ -214,6 +238,9 @@ impl Supervisor<'_> {
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
         tracing::debug!("timing: VMM launched");
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
@@ -260,20 +287,24 @@ impl Supervisor<'_> {
             let listener = UnixListener::bind(dir.agent_socket())?;
             Ok::<_, RuntimeError>((link, listener))
         };
-        let ready = tokio::select! {
-            r = ready => r,
-            status = child.wait() => {
-                let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
-                Err(mvm_core::backend::BackendError::new(
-                    backend.kind(),
-                    format!("the VMM {desc} before the guest agent answered"),
-                )
-                .with_logs(&dir)
-                .into())
+        tokio::pin!(ready);
+        let ready = loop {
+            tokio::select! {
+                r = &mut ready => break r,
+                status = child.wait() => {
+                    let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
+                    break Err(mvm_core::backend::BackendError::new(
+                        backend.kind(),
+                        format!("the VMM {desc} before the guest agent answered"),
+                    )
+                    .with_logs(&dir)
+                    .into());
+                }
+                // A booting guest cannot power off in an orderly way: a stop
+                // during the start cancels it.
+                _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
             }
-            // A booting guest cannot power off in an orderly way: a stop
-            // during the start cancels it.
-            _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
         };
         let (link, listener) = match ready {
             Ok(x) => x,
@@ -291,9 +322,26 @@ impl Supervisor<'_> {
         tokio::pin!(serve);
         let mut serving = true;
         let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+        let main_wait = main_process::wait(&dir, has_main);
+        tokio::pin!(main_wait);
+        let (mut main_waiting, mut main_ended) = (has_main, None);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
+                r = &mut main_wait, if main_waiting => {
+                    main_waiting = false;
+                    match main_process::ended(self.rt, &self.name, r) {
+                        main_process::Ended::Lost => continue,
+                        main_process::Ended::Exited(d) => main_ended = Some(d),
+                        // Recorded as the machine's error.
+                        main_process::Ended::Unsupported(_) => {}
+                    }
+                    // The guest powers itself off; this backs it up.
+                    if stopping.is_none() {
+                        stopping = Some(Box::pin(graceful_stop(&backend, &dir, DEFAULT_STOP_TIMEOUT, false)));
+                    }
+                }
                 r = &mut serve, if serving => {
                     serving = false;
                     // A lost guest stream does not end the machine (the
@@ -326,11 +374,18 @@ impl Supervisor<'_> {
                 }
             }
         };
-        Outcome::Ended(
+        if main_waiting
+            && let Ok(r) = tokio::time::timeout(MAIN_STATUS_GRACE, &mut main_wait).await
+            && let main_process::Ended::Exited(d) = main_process::ended(self.rt, &self.name, r)
+        {
+            // The guest powered off right after answering.
+            main_ended = Some(d);
+        }
+        Outcome::Ended(main_ended.unwrap_or_else(|| {
             status
                 .map(describe)
-                .unwrap_or_else(|e| format!("unknown ({e})")),
-        )
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        }))
     }
 
     /// Volumes, address, config drive, network, backend and spec.
@@ -356,12 +411,23 @@ impl Supervisor<'_> {
         tracing::debug!("timing: drives prepared");
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
+        held.egress = egress::up(rt.config(), &rec, &self.dir).await?;
         tracing::debug!("timing: network up");
         let spec = spec::for_record(rt, &rec)?;
         remove_sockets(&self.dir);
         tracing::debug!("timing: spec built");
         crate::fault::point("sup.vmm_spawn", None)?;
         Ok((backend, spec))
+    }
+
+    /// Enforce the egress policy the record holds now (`mvm update`); the
+    /// change runs in the background, owned by the [`egress::Egress`].
+    fn reload_egress(&self, egress: Option<&egress::Egress>) {
+        let Some(e) = egress else { return };
+        match self.rt.registry().load(&self.name) {
+            Ok(rec) => e.reload(rec.egress),
+            Err(err) => tracing::warn!("egress reload: {}", crate::error_chain(&err)),
+        }
     }
 
     /// Record `Stopping`; the stop's timeout (recorded by `mvm stop`, else
@@ -399,6 +465,7 @@ impl Supervisor<'_> {
             let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
         }
         let _ = crate::fault::point("sup.vmm_gone", None);
+        drop(held.egress.take());
         drop(held.network.take());
         let _ = crate::fault::point("sup.network_released", None);
         let (last_exit, error) = match &outcome {

@@ -27,8 +27,9 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 ///    supervisor, possibly unrecorded: the cgroup is how it is found), the
 ///    cgroup removed, the chroot unmounted and removed;
 /// 3. its sockets;
-/// 4. its network: the TAP, and the bridge and NAT rules when it was the
-///    last machine holding an address;
+/// 4. its network: the TAP and its egress tables, and the bridge and NAT
+///    rules when it was the last machine holding an address; the egress
+///    state file;
 /// 5. the write-back of rw host directories, when one is owed;
 /// 6. the record: a transient machine is removed; any other is `Stopped`
 ///    with `last_exit` (and `error`, or the write-back's failure).
@@ -65,6 +66,7 @@ pub fn release(
     if let Err(e) = network::release(rt.config(), rt.registry(), rec) {
         note(e.into());
     }
+    crate::resources::egress::release(&dir);
     let write_back = drives::write_back_all(&dir).err().map(|e| {
         let msg = crate::error_chain(&e);
         note(e.into());
