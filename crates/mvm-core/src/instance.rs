@@ -332,6 +332,10 @@ pub struct InstanceRecord {
     /// Environment variables given with `-e` on `run` (applied to every exec).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Templates: the one this machine is a clone of, or its part in
+    /// making one (see `snapshot::TemplateUse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::snapshot::TemplateUse>,
 }
 
 /// The reconciled view of a machine.
@@ -377,6 +381,7 @@ impl InstanceRecord {
             drives: Vec::new(),
             vsock_cid: None,
             env: Vec::new(),
+            template: None,
         }
     }
 

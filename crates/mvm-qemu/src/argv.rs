@@ -177,6 +177,10 @@ pub struct QemuArgs {
     pub memory: Option<MemoryFileArgs>,
     /// Start with `-incoming defer` (waiting for `migrate-incoming`).
     pub incoming: bool,
+    /// Ids of drives attached with `snapshot=on`: the file is opened
+    /// read-only and the guest's writes go to a throwaway copy-on-write
+    /// layer (a temporary qcow2 file QEMU unlinks at once, in `$TMPDIR`).
+    pub volatile: Vec<String>,
 }
 
 /// The kernel command line: backend parameters, then the spec's.
@@ -223,6 +227,7 @@ impl QemuArgs {
             rng: true,
             memory: None,
             incoming: false,
+            volatile: Vec::new(),
         }
     }
 
@@ -309,6 +314,9 @@ impl QemuArgs {
                 ));
                 if !d.read_only {
                     o.push(",discard=unmap");
+                }
+                if self.volatile.contains(&d.id) {
+                    o.push(",snapshot=on");
                 }
             });
             a.pair("-device", format!("virtio-blk-device,drive={}", d.id));

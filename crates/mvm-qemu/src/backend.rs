@@ -72,6 +72,7 @@ pub struct QemuBackend {
     accel: Accel,
     accel_reason: String,
     user_net: Option<Vec<HostForward>>,
+    volatile: Vec<String>,
 }
 
 /// What [`QemuBackend::doctor`] reports.
@@ -125,6 +126,7 @@ impl QemuBackend {
             accel,
             accel_reason,
             user_net: None,
+            volatile: Vec::new(),
         })
     }
 
@@ -136,6 +138,7 @@ impl QemuBackend {
             accel,
             accel_reason: "chosen by the caller".into(),
             user_net: None,
+            volatile: Vec::new(),
         }
     }
 
@@ -144,6 +147,14 @@ impl QemuBackend {
     /// still be `Some` (its MAC is used; its TAP name is ignored).
     pub fn with_user_net(mut self, forwards: Vec<HostForward>) -> Self {
         self.user_net = Some(forwards);
+        self
+    }
+
+    /// Attach the drives with these ids with `snapshot=on` (see
+    /// [`QemuArgs::volatile`]): a clone runs on its template's disk without
+    /// a disk file of its own, and nothing it writes survives it.
+    pub fn with_volatile_drives(mut self, ids: Vec<String>) -> Self {
+        self.volatile = ids;
         self
     }
 
@@ -174,7 +185,9 @@ impl QemuBackend {
 
     /// The QEMU command line for `spec` in `dir` (without the program).
     pub fn args(&self, spec: &VmSpec, dir: &InstanceDir) -> QemuArgs {
-        QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref())
+        let mut args = QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref());
+        args.volatile = self.volatile.clone();
+        args
     }
 
     /// A fresh QMP session for a control operation on `dir`.
@@ -399,7 +412,12 @@ impl QemuBackend {
         tracing::debug!(binary = %self.binary.display(), ?argv, "spawning QEMU");
         let child = self
             .command(argv, log.into_parts().0, transient)
-            .and_then(|mut c| c.spawn())
+            .and_then(|mut c| {
+                // Temporary files (the layer of `snapshot=on` drives) go
+                // with the machine's other files.
+                c.env("TMPDIR", dir.root());
+                c.spawn()
+            })
             .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e))?;
         let mut guard = ChildGuard(Some(child));
         let started = Instant::now();

@@ -11,6 +11,7 @@
 //!     template.json        Manifest: what it is and the digest of every file
 //!     snapshot/            the backend's snapshot (mvm_core::snapshot)
 //!     disk.ext4            the template machine's root disk, if it had one
+//!     config.ext4          its config drive (transient clones attach it as is)
 //!     refs/<machine>       one file per machine that still needs these files
 //!     creator              only while being created: the creating process
 //! ```
@@ -20,7 +21,7 @@
 //! A template is built in a fresh `.store/<id>/` ([`Store::begin`]): the
 //! template machine runs with its RAM file (QEMU) and root disk already
 //! there, the backend writes the snapshot into `snapshot/`. [`Staging::commit`]
-//! fsyncs every file, records its size, fingerprint and SHA-256 in
+//! fsyncs every file, records its size, fingerprint and content digest in
 //! `template.json` (written atomically), fsyncs the directory and only then
 //! creates the symlink `<name>` — one `symlink(2)`, which fails if the name
 //! is taken, so of two concurrent creates of one name exactly one wins and a
@@ -68,7 +69,7 @@ use mvm_core::snapshot::{MemoryMode, SnapshotDir, SnapshotError, allocated_bytes
 use serde::{Deserialize, Serialize};
 
 pub use cow::CloneMethod;
-use digest::{Fingerprint, sha256_file};
+use digest::{Fingerprint, content_digest};
 
 /// Version of the `template.json` format.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -78,6 +79,7 @@ const LOCK: &str = ".lock";
 const MANIFEST: &str = "template.json";
 const SNAPSHOT: &str = "snapshot";
 const DISK: &str = "disk.ext4";
+const CONFIG: &str = "config.ext4";
 const REFS: &str = "refs";
 const CREATOR: &str = "creator";
 
@@ -200,8 +202,8 @@ pub struct FileRecord {
     pub path: String,
     /// Size, mtime, ctime, inode at commit.
     pub fingerprint: Fingerprint,
-    /// SHA-256 of the content.
-    pub sha256: String,
+    /// Its content digest (`digest::content_digest`).
+    pub digest: String,
 }
 
 /// Sizes of a template, in bytes.
@@ -432,6 +434,8 @@ impl Store {
         }
         let id = new_id();
         let dir = self.store_dir(&id);
+        // The directory and its creator file appear together for `gc`.
+        let _lock = self.lock()?;
         let e = |p: &Path| {
             let p = p.to_owned();
             let name = name.to_owned();
@@ -783,6 +787,11 @@ impl Staging {
         self.dir.join(DISK)
     }
 
+    /// Where the template machine's config drive lives.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG)
+    }
+
     /// Copy `src` (e.g. a running machine's disk, paused) to [`Staging::disk`]
     /// as a copy-on-write clone.
     pub fn import_disk(&self, src: &Path) -> Result<CloneMethod, TemplateError> {
@@ -816,6 +825,9 @@ impl Staging {
         if self.disk().exists() {
             rels.push(DISK.to_owned());
         }
+        if self.config().exists() {
+            rels.push(CONFIG.to_owned());
+        }
         let mut files = Vec::new();
         for rel in rels {
             let path = self.dir.join(&rel);
@@ -823,11 +835,11 @@ impl Staging {
             f.sync_all().map_err(|e| io_err(&name, &path, e))?;
             drop(f);
             let fingerprint = Fingerprint::of(&path).map_err(|e| io_err(&name, &path, e))?;
-            let sha256 = sha256_file(&path).map_err(|e| io_err(&name, &path, e))?;
+            let digest = content_digest(&path).map_err(|e| io_err(&name, &path, e))?;
             files.push(FileRecord {
                 path: rel,
                 fingerprint,
-                sha256,
+                digest,
             });
         }
         let sizes = Sizes {
@@ -858,7 +870,6 @@ impl Staging {
             },
             files,
         };
-        let _ = fs_err::remove_file(self.dir.join(CREATOR));
         let path = self.dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         mvm_core::atomic::write_atomic(&path, &json, 0o600)
@@ -877,6 +888,9 @@ impl Staging {
             Err(e) => return Err(io_err(&name, &link, e)),
         }
         fsync_dir(&self.store.root);
+        // Only now: until the name links to it, the creator file is what
+        // tells `gc` the directory is not a leftover.
+        let _ = fs_err::remove_file(self.dir.join(CREATOR));
         self.committed = true;
         Ok(Template {
             name,
@@ -916,6 +930,16 @@ impl Template {
             .iter()
             .any(|f| f.path == DISK)
             .then_some(d)
+    }
+
+    /// The template machine's config drive, if it was kept.
+    pub fn config(&self) -> Option<PathBuf> {
+        let c = self.dir.join(CONFIG);
+        self.manifest
+            .files
+            .iter()
+            .any(|f| f.path == CONFIG)
+            .then_some(c)
     }
 
     /// Make `dst` (new) a copy-on-write view of the template's disk.
@@ -963,13 +987,14 @@ impl Template {
             if how == Verify::Quick && now == f.fingerprint {
                 continue;
             }
-            let sha = sha256_file(&path).map_err(|e| io_err(&self.name, &path, e))?;
-            if sha != f.sha256 {
+            let sha = content_digest(&path).map_err(|e| io_err(&self.name, &path, e))?;
+            if sha != f.digest {
                 return Err(snap_err(SnapshotError::Corrupt {
                     path,
                     detail: format!(
-                        "its SHA-256 is {sha}, {} when the template was made",
-                        f.sha256
+                        "its content digest is {}..., it was {}... when the template was made",
+                        &sha[..12],
+                        &f.digest[..f.digest.len().min(12)]
                     ),
                 }));
             }

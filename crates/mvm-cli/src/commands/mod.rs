@@ -18,6 +18,7 @@ mod shell;
 mod start;
 mod stop;
 mod supervise;
+mod template;
 mod volume;
 
 use anyhow::Result;
@@ -93,6 +94,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Resume(a) => pause::run(a, false).await,
         Command::Gc => gc::run().await,
         Command::Volume(c) => volume::run(c),
+        Command::Template(c) => template::run(c, quiet).await,
         Command::Cp(a) => cp::run(a).await,
         Command::Shell(a) => shell::run(a, quiet).await,
         Command::Completion(a) => completion::run(a),

@@ -40,9 +40,22 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             add_dirs: Vec::new(),
         },
+        template: None,
     };
-    mvm_runtime::ops::create::check(&rt, &opts)?;
-    let image = crate::commands::image::ensure(&rt, &a.image, quiet).await?;
+    let (image, opts) = match &a.template {
+        Some(t) => {
+            let req = mvm_runtime::ops::template::CloneRequest {
+                template: t.clone(),
+                require_snapshot: a.require_snapshot,
+                backend: a.backend.map(Into::into),
+            };
+            crate::commands::template::clone_plan(&rt, &req, &a.image, opts)?
+        }
+        None => {
+            mvm_runtime::ops::create::check(&rt, &opts)?;
+            (crate::commands::image::ensure(&rt, &a.image, quiet).await?, opts)
+        }
+    };
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
     let wait = if a.no_wait {

@@ -17,8 +17,17 @@ pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
         let outcome = mvm_runtime::ops::exec::exec(&rt, name, &opts).await?;
         return Ok(outcome.exit_code() as u8);
     }
-    if a.template.is_some() {
-        anyhow::bail!("--template: templates are not available yet");
+    if let Some(t) = &a.template {
+        let req = mvm_runtime::ops::template::CloneRequest {
+            template: t.clone(),
+            require_snapshot: a.require_snapshot,
+            backend: None,
+        };
+        let create = CreateOptions {
+            backend: rt.config().backend,
+            ..Default::default()
+        };
+        return crate::commands::template::exec_clone(&rt, &req, create, &opts).await;
     }
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());

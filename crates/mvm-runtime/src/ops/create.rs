@@ -41,6 +41,9 @@ pub struct CreateOptions {
     pub ports: Vec<PortMapping>,
     /// Volumes, secrets and added directories.
     pub data: drives::DataOptions,
+    /// A clone of a template, or the machine that becomes one: its drives
+    /// come from [`crate::ops::template::attach_drives`].
+    pub template: Option<crate::ops::template::TemplateDrives>,
 }
 
 impl Default for CreateOptions {
@@ -55,6 +58,7 @@ impl Default for CreateOptions {
             network: None,
             ports: Vec::new(),
             data: drives::DataOptions::default(),
+            template: None,
         }
     }
 }
@@ -189,11 +193,16 @@ pub fn create(
         rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
         registry.save(&rec)?;
     }
-    if disk::needed(image, opts.transient) {
-        rec.drives.push(disk::create(image, &dir)?);
+    match &opts.template {
+        Some(t) => crate::ops::template::attach_drives(rt, &mut rec, &dir, image, t)?,
+        None => {
+            if disk::needed(image, opts.transient) {
+                rec.drives.push(disk::create(image, &dir)?);
+            }
+            crate::fault::point("create.drives", None)?;
+            drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
+        }
     }
-    crate::fault::point("create.drives", None)?;
-    drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
     rec.transition(Status::Created)?;
     registry.save(&rec)?;
     unfinished.name = None;

@@ -386,6 +386,7 @@ pub async fn exec_transient(
                     boot_ms.set(started_at.elapsed().as_millis() as u64);
                     break;
                 }
+                Some(Event::Notice { message }) => eprintln!("mvm: {message}"),
                 Some(Event::Failed { message }) => {
                     return Err(RuntimeError::StartFailed {
                         name: name.clone(),
@@ -474,14 +475,14 @@ pub async fn exec_transient(
 
 /// SIGINT, SIGTERM and SIGHUP, registered at once (unlike
 /// `tokio::signal::ctrl_c()`, which registers only when first polled).
-struct Interrupts {
+pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Interrupts {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
@@ -490,7 +491,7 @@ impl Interrupts {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}

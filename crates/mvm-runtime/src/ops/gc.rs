@@ -38,6 +38,12 @@ pub enum Leftover {
         /// What it is.
         what: String,
     },
+    /// An unfinished template, or a template reference of a machine that
+    /// does not run.
+    Template {
+        /// What it is.
+        what: String,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -53,7 +59,7 @@ impl std::fmt::Display for Leftover {
                 process.cmdline,
                 process.instance_dir.display()
             ),
-            Leftover::Network { what } => f.write_str(what),
+            Leftover::Network { what } | Leftover::Template { what } => f.write_str(what),
         }
     }
 }
@@ -109,6 +115,9 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<Leftover>, RuntimeError> {
                 what: l.to_string(),
             });
         }
+    }
+    for what in crate::ops::template::leftovers(rt)? {
+        out.push(Leftover::Template { what });
     }
     Ok(out)
 }
@@ -170,5 +179,6 @@ pub async fn gc(rt: &Runtime) -> Result<GcReport, RuntimeError> {
             .extend(net.removed.iter().map(|l| l.to_string()));
         report.kept.extend(net.kept.iter().map(|l| l.to_string()));
     }
+    report.removed.extend(crate::ops::template::gc(rt)?);
     Ok(report)
 }

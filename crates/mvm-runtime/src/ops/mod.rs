@@ -13,3 +13,4 @@ pub mod recover;
 pub mod rm;
 pub mod start;
 pub mod stop;
+pub mod template;

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mvm_core::backend::{
-    BackendChoice, BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec,
-    kvm_usable,
+    BackendChoice, BackendError, BackendKind, Capabilities, RestoredVmm, RunningVmm, VmBackend,
+    VmSpec, kvm_usable,
 };
+use mvm_core::snapshot::{MemoryBacking, SnapshotDir, SnapshotInfo};
 use mvm_core::config::Config;
 use mvm_core::{InstanceDir, MvmHome};
 use tokio::net::UnixStream;
@@ -117,7 +118,22 @@ impl AnyBackend {
                 Self::Qemu(q.with_user_net(forwards))
             }
             other => other,
-        })
+        }
+        .with_clone_drives(rec))
+    }
+
+    /// A clone whose root drive is its template's disk (QEMU transient
+    /// clones) attaches it with a throwaway copy-on-write layer.
+    fn with_clone_drives(self, rec: &mvm_core::InstanceRecord) -> Self {
+        let volatile = rec
+            .template
+            .as_ref()
+            .and_then(|t| t.clone_of.as_ref())
+            .is_some_and(|c| c.volatile_root);
+        match self {
+            Self::Qemu(q) if volatile => Self::Qemu(q.with_volatile_drives(vec!["root".into()])),
+            other => other,
+        }
     }
 
     /// Which backend.
@@ -146,6 +162,48 @@ impl AnyBackend {
         match self {
             Self::Qemu(b) => b.launch(spec, dir, deadline).await,
             Self::Firecracker(b) => b.launch(spec, dir, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::launch_with_memory`].
+    pub async fn launch_with_memory(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        memory: &MemoryBacking,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        match self {
+            Self::Qemu(b) => b.launch_with_memory(spec, dir, memory, deadline).await,
+            Self::Firecracker(b) => b.launch_with_memory(spec, dir, memory, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::snapshot`].
+    pub async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        dest: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<SnapshotInfo, BackendError> {
+        match self {
+            Self::Qemu(b) => b.snapshot(spec, dir, dest, deadline).await,
+            Self::Firecracker(b) => b.snapshot(spec, dir, dest, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::restore`].
+    pub async fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        from: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<RestoredVmm, BackendError> {
+        match self {
+            Self::Qemu(b) => b.restore(spec, dir, from, deadline).await,
+            Self::Firecracker(b) => b.restore(spec, dir, from, deadline).await,
         }
     }
 

@@ -21,10 +21,16 @@
 //! 6. runs the one idempotent teardown ([`teardown::release`]) and exits,
 //!    which releases the lock.
 //!
+//! A clone of a template is restored instead of booted, and made a machine
+//! of its own before it is ready ([`restore`]); SIGUSR2 asks for a snapshot
+//! of the running machine ([`snapshot`], `mvm template create`).
+//!
 //! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
 //! for the detached supervisor).
 
 pub mod detached;
+pub mod restore;
+pub mod snapshot;
 pub mod spec;
 pub mod teardown;
 
@@ -69,6 +75,12 @@ pub enum Event {
     Ready {
         /// Milliseconds from `started` to the agent's handshake.
         boot_ms: u64,
+    },
+    /// Something the user should know that does not stop the start (a
+    /// clone cold-booted instead of restored, and why).
+    Notice {
+        /// One line.
+        message: String,
     },
     /// Start failed; nothing is left running.
     Failed {
@@ -163,6 +175,9 @@ pub async fn supervise(
         dir: rt.dir(name),
     };
     let mut held = Held::default();
+    // Registered before anyone can see this process as the owner.
+    let mut snapshots =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     crate::fault::point("sup.adopted", None)?;
     let record = rt.registry().update(name, |r| {
         r.owner = Some(me);
@@ -171,7 +186,10 @@ pub async fn supervise(
         Ok(())
     });
     let outcome = match record {
-        Ok((rec, ())) => sup.lifecycle(rec, &mut held, &mut stop, &mut notify).await,
+        Ok((rec, ())) => {
+            sup.lifecycle(rec, &mut held, &mut stop, &mut snapshots, &mut notify)
+                .await
+        }
         Err(e) => Outcome::Failed(e.into()),
     };
     let result = sup.finish(held, outcome, &mut notify).await;
@@ -185,6 +203,7 @@ impl Supervisor<'_> {
         rec: InstanceRecord,
         held: &mut Held,
         stop: &mut StopRequests,
+        snapshots: &mut tokio::signal::unix::Signal,
         notify: &mut impl FnMut(Event),
     ) -> Outcome {
         let t0 = Instant::now();
@@ -196,25 +215,33 @@ impl Supervisor<'_> {
             r = self.prepare(rec, held) => r,
             _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
         };
-        let (backend, spec) = match prepared {
+        let (backend, spec, rec, launch) = match prepared {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
         };
 
-        // 2. The VMM.
+        // 2. The VMM (booted, or restored from a template).
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
         let launched = tokio::select! {
-            r = backend.launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT) => r,
+            r = restore::launch(&backend, &spec, &self.dir, &rec, launch, deadline, notify) => r,
             _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
         };
-        let mut running = match launched {
+        let launched = match launched {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(e.into()),
+            Err(e) => return Outcome::Failed(e),
         };
+        let restore::Launched {
+            vmm: mut running,
+            reidentify,
+            cold_boot,
+            ..
+        } = launched;
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
+            restore::mark_launched(r, cold_boot.clone());
             // "running" means the VMM runs the guest (as Docker's "running"
             // means the process runs); readiness is the `ready` event.
             r.transition(Status::Running)?;
@@ -244,7 +271,7 @@ impl Supervisor<'_> {
                     .await
                     .map_err(|e| e.with_logs(&dir))?,
             };
-            let link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
+            let mut link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
                 .await
                 .map_err(|e| {
                     mvm_core::backend::BackendError::new(
@@ -254,6 +281,9 @@ impl Supervisor<'_> {
                     .with_source(e)
                     .with_logs(&dir)
                 })?;
+            if let Some(req) = reidentify {
+                restore::reidentify(&mut link, req, &backend, &dir, boot_deadline).await?;
+            }
             let listener = UnixListener::bind(dir.agent_socket())?;
             Ok::<_, RuntimeError>((link, listener))
         };
@@ -291,6 +321,9 @@ impl Supervisor<'_> {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                _ = snapshots.recv() => {
+                    snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
+                }
                 r = &mut serve, if serving => {
                     serving = false;
                     // A lost guest stream does not end the machine (the
@@ -330,12 +363,21 @@ impl Supervisor<'_> {
         )
     }
 
-    /// Volumes, address, config drive, network, backend and spec.
+    /// Volumes, address, config drive, network, backend, spec and how to
+    /// launch (the record as prepared comes back too).
     async fn prepare(
         &self,
         rec: InstanceRecord,
         held: &mut Held,
-    ) -> Result<(AnyBackend, mvm_core::backend::VmSpec), RuntimeError> {
+    ) -> Result<
+        (
+            AnyBackend,
+            mvm_core::backend::VmSpec,
+            InstanceRecord,
+            restore::Launch,
+        ),
+        RuntimeError,
+    > {
         let rt = self.rt;
         let registry = rt.registry();
         drives::check_volumes_free(registry, &rec)?;
@@ -350,9 +392,10 @@ impl Supervisor<'_> {
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
         let spec = spec::for_record(rt, &rec)?;
+        let launch = restore::plan(rt, &rec)?;
         remove_sockets(&self.dir);
         crate::fault::point("sup.vmm_spawn", None)?;
-        Ok((backend, spec))
+        Ok((backend, spec, rec, launch))
     }
 
     /// Record `Stopping`; the stop's timeout (recorded by `mvm stop`, else

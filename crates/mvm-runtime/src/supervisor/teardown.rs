@@ -26,7 +26,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// 3. its network: the TAP, and the bridge and NAT rules when it was the
 ///    last machine holding an address;
 /// 4. the write-back of rw host directories, when one is owed;
-/// 5. the record: a transient machine is removed; any other is `Stopped`
+/// 5. its reference to the template it was restored from, if any;
+/// 6. the record: a transient machine is removed; any other is `Stopped`
 ///    with `last_exit` (and `error`, or the write-back's failure).
 pub fn release(
     rt: &Runtime,
@@ -63,6 +64,9 @@ pub fn release(
         note(e.into());
         msg
     });
+    if let Err(e) = super::restore::release(rt, rec) {
+        note(e);
+    }
     let recorded = if rec.transient {
         match rt.registry().remove(&rec.name) {
             Err(mvm_core::registry::RegistryError::NotFound { .. }) => Ok(()),
