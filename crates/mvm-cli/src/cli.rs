@@ -172,7 +172,12 @@ pub struct TemplateCreateArgs {
     #[arg(long, value_enum, conflicts_with = "from")]
     pub network: Option<NetworkArg>,
     /// Environment of the warm-up command.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VAL", conflicts_with = "from")]
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY=VAL",
+        conflicts_with = "from"
+    )]
     pub env: Vec<String>,
     /// The warm-up command (after `--`), run before the snapshot.
     #[arg(last = true, conflicts_with = "from")]

@@ -47,6 +47,13 @@ enum Op {
     Rm,
     /// A transient `mvm exec -- true`.
     Exec,
+    /// `mvm template create` (the template machine's supervisor runs in
+    /// the same process).
+    TemplateCreate,
+    /// A transient `mvm exec --template T -- true` (T made first).
+    ExecTemplate,
+    /// `mvm run --template T` (T made first).
+    RunTemplate,
 }
 
 /// The operations that reach `point`.
@@ -59,6 +66,8 @@ fn ops_reaching(point: &str) -> &'static [Op] {
         p if p.starts_with("stop.") => &[Op::Stop],
         p if p.starts_with("rm.") => &[Op::Rm],
         p if p.starts_with("exec.") => &[Op::Exec],
+        "sup.restored" => &[Op::ExecTemplate, Op::RunTemplate],
+        p if p.starts_with("tmpl.") => &[Op::TemplateCreate],
         other => panic!("fault point {other:?} is reached by no operation this test knows"),
     }
 }
@@ -239,6 +248,25 @@ fn run_case(op: Op, point: &str, action: Action, n: usize) -> String {
             place.mvm_reporting(&["rm", "-f", &name], Some(&fault), reached)
         }
         Op::Exec => place.mvm_reporting(&["exec", "--", "true"], Some(&fault), reached),
+        Op::TemplateCreate => {
+            place.mvm_reporting(&["template", "create", "t"], Some(&fault), reached)
+        }
+        Op::ExecTemplate => {
+            place.ok(&["template", "create", "t"]);
+            place.mvm_reporting(
+                &["exec", "--template", "t", "--", "true"],
+                Some(&fault),
+                reached,
+            )
+        }
+        Op::RunTemplate => {
+            place.ok(&["template", "create", "t"]);
+            place.mvm_reporting(
+                &["run", "--template", "t", "--name", &name],
+                Some(&fault),
+                reached,
+            )
+        }
     };
     let was_reached =
         fs_err::read_to_string(&reached_file).is_ok_and(|t| t.lines().any(|l| l == point));
@@ -252,6 +280,23 @@ fn run_case(op: Op, point: &str, action: Action, n: usize) -> String {
     let saw = check_truth(&place, &case);
     if op != Op::Exec && place.ps().iter().any(|m| m["name"] == name.as_str()) {
         place.ok(&["rm", "-f", &name]);
+    }
+    if matches!(op, Op::TemplateCreate | Op::ExecTemplate | Op::RunTemplate) {
+        // The next template command finds no half-made template, and a
+        // template its clones used can be removed.
+        let ls = place.ok(&["template", "ls", "--json"]);
+        let templates: Vec<serde_json::Value> = serde_json::from_str(&ls).unwrap();
+        // Every fault of a template creation comes before its commit.
+        if op == Op::TemplateCreate {
+            assert!(templates.is_empty(), "{case}: a template was made: {ls}");
+        }
+        if !templates.is_empty() {
+            place.ok(&["template", "rm", "t"]);
+        }
+        let store = fs_err::read_dir(place.home.join("templates/.store"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(store, 0, "{case}: template files left");
     }
     let procs = tagged_processes(place.home);
     assert!(procs.is_empty(), "{case}: processes left: {procs:?}");

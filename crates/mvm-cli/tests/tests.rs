@@ -10,4 +10,5 @@ mod e2e_firecracker;
 mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;
+mod e2e_templates;
 mod e2e_transient;

@@ -537,6 +537,17 @@ mod tests {
     }
 
     #[test]
+    fn volatile_drives_get_a_throwaway_layer() {
+        let dir = InstanceDir::new("/h/i/web");
+        let mut a = QemuArgs::from_spec(&spec(), &dir, Accel::Tcg, None);
+        a.volatile = vec!["disk".into()];
+        let argv = render(&a.to_argv());
+        let drives: Vec<&String> = argv.iter().filter(|s| s.starts_with("id=")).collect();
+        assert!(!drives[0].contains("snapshot=on"), "{}", drives[0]);
+        assert!(drives[1].ends_with(",snapshot=on"), "{}", drives[1]);
+    }
+
+    #[test]
     fn user_net_with_forwards_and_no_net() {
         let dir = InstanceDir::new("/h/i/web");
         let fwds = [

@@ -101,8 +101,15 @@ impl QemuBackend {
     /// read its version and choose the accelerator: KVM when
     /// [`kvm_usable`] says so, TCG otherwise (`$MVM_QEMU_ACCEL` overrides).
     pub fn detect() -> Result<Self, BackendError> {
+        Self::detect_with(binary_version)
+    }
+
+    /// [`QemuBackend::detect`] with the version from `version`.
+    pub(crate) fn detect_with(
+        version: impl FnOnce(&Path) -> Result<String, BackendError>,
+    ) -> Result<Self, BackendError> {
         let binary = find_binary()?;
-        let version = binary_version(&binary)?;
+        let version = version(&binary)?;
         let (accel, accel_reason) = match std::env::var(QEMU_ACCEL_ENV).as_deref() {
             Ok("kvm") => (Accel::Kvm, format!("forced by {QEMU_ACCEL_ENV}=kvm")),
             Ok("tcg") => (Accel::Tcg, format!("forced by {QEMU_ACCEL_ENV}=tcg")),

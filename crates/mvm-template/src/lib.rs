@@ -541,7 +541,9 @@ impl Store {
         let refs = template.dir.join(REFS);
         fs_err::create_dir_all(&refs).map_err(|e| io_err(&template.name, &refs, e))?;
         let path = refs.join(machine);
-        mvm_core::atomic::write_atomic(&path, now_rfc3339().as_bytes(), 0o600)
+        // Not durable: a reference matters only while its machine runs,
+        // and nothing runs after a power loss.
+        mvm_core::atomic::write_atomic_volatile(&path, now_rfc3339().as_bytes(), 0o600)
             .map_err(|e| io_err(&template.name, &path, e.source))?;
         Ok(())
     }

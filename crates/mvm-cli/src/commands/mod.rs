@@ -41,7 +41,9 @@ pub fn failure_code(cmd: &Command) -> u8 {
 /// human to clean up).
 pub fn runtime() -> Result<Runtime> {
     let rt = Runtime::open(MvmHome::from_env())?;
+    tracing::debug!("runtime opened");
     mvm_runtime::ops::recover::reap(&rt);
+    tracing::debug!("machines reaped");
     Ok(rt)
 }
 

@@ -53,7 +53,10 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
         }
         None => {
             mvm_runtime::ops::create::check(&rt, &opts)?;
-            (crate::commands::image::ensure(&rt, &a.image, quiet).await?, opts)
+            (
+                crate::commands::image::ensure(&rt, &a.image, quiet).await?,
+                opts,
+            )
         }
     };
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;

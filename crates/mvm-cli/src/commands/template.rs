@@ -144,17 +144,19 @@ pub fn clone_plan(
     if image_arg != "default" {
         bail!("give an image or --template, not both (a clone runs its template's image)");
     }
-    Ok(match mvm_runtime::ops::template::plan_clone(rt, req, opts)? {
-        ClonePlan::Restore { image, opts } => (image, opts),
-        ClonePlan::Cold {
-            image,
-            opts,
-            reason,
-        } => {
-            eprintln!("mvm: {reason}");
-            (image, opts)
-        }
-    })
+    Ok(
+        match mvm_runtime::ops::template::plan_clone(rt, req, opts)? {
+            ClonePlan::Restore { image, opts } => (image, opts),
+            ClonePlan::Cold {
+                image,
+                opts,
+                reason,
+            } => {
+                eprintln!("mvm: {reason}");
+                (image, opts)
+            }
+        },
+    )
 }
 
 /// `exec --template` (and `shell --template`): a transient clone.
@@ -167,6 +169,7 @@ pub async fn exec_clone(
     let t = std::time::Instant::now();
     let (image, create) = clone_plan(rt, req, "default", create)?;
     let plan_ms = t.elapsed().as_millis() as u64;
+    tracing::debug!("clone planned");
     let (outcome, t) =
         mvm_runtime::ops::exec::exec_transient(rt, &image, plan_ms, create, opts).await?;
     tracing::info!(

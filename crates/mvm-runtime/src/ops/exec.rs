@@ -346,6 +346,7 @@ pub async fn exec_transient(
         image,
     )?;
     let name = created.record.name.clone();
+    tracing::debug!("machine {name} created");
     // Hand-over to ourselves as the supervisor, unless a stop came first.
     let handed = rt.registry().update(&name, |r| {
         r.transition(Status::Starting)?;
@@ -425,6 +426,7 @@ pub async fn exec_transient(
         _ = interrupt.recv() => Ok(ExecOutcome::Interrupted),
     };
     let td = Instant::now();
+    tracing::debug!("command done");
     let mut result = result;
     if sup_result.is_none() {
         // rw added directories: the guest powers off (syncing) before the

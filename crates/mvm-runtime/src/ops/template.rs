@@ -43,11 +43,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use mvm_core::InstanceDir;
 use mvm_core::Status;
 use mvm_core::backend::{BackendChoice, BackendKind};
 use mvm_core::instance::{DriveRecord, DriveRole, InstanceRecord, NetworkMode, OwnerRole};
 use mvm_core::snapshot::{CloneOf, SnapshotRequest, TemplateUse};
-use mvm_core::InstanceDir;
 use mvm_template::{Provenance, Store, Template, TemplateError, Verify};
 use serde::Serialize;
 
@@ -596,11 +596,7 @@ pub async fn create_template(
 /// `mvm template create NAME --from MACHINE`: snapshot a running machine
 /// through its supervisor (pause, save, copy its disk and config drive,
 /// resume: the machine keeps running).
-pub async fn create_from(
-    rt: &Runtime,
-    name: &str,
-    machine: &str,
-) -> Result<Created, RuntimeError> {
+pub async fn create_from(rt: &Runtime, name: &str, machine: &str) -> Result<Created, RuntimeError> {
     let mut interrupt = Interrupts::new()?;
     let t0 = Instant::now();
     let registry = rt.registry();
@@ -698,7 +694,12 @@ pub struct TemplateInfo {
     pub error: Option<String>,
 }
 
-fn info(rt: &Runtime, store: &Store, name: &str, t: Result<Template, TemplateError>) -> TemplateInfo {
+fn info(
+    rt: &Runtime,
+    store: &Store,
+    name: &str,
+    t: Result<Template, TemplateError>,
+) -> TemplateInfo {
     match t {
         Ok(t) => TemplateInfo {
             name: name.to_owned(),
@@ -746,7 +747,11 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<TemplateInfo, RuntimeError> {
 
 /// Remove template `name`: refused while a running machine needs its
 /// files, unless `force`.
-pub fn remove(rt: &Runtime, name: &str, force: bool) -> Result<mvm_template::Removed, RuntimeError> {
+pub fn remove(
+    rt: &Runtime,
+    name: &str,
+    force: bool,
+) -> Result<mvm_template::Removed, RuntimeError> {
     let store = Store::open(rt.home())?;
     reap_store(&store);
     Ok(store.remove(name, force, |m| rt.registry().owner_alive(m))?)
@@ -762,7 +767,9 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<String>, RuntimeError> {
         .map(|l| describe_leftover(&l))
         .collect();
     for (t, m) in store.stale_refs(|m| rt.registry().owner_alive(m), false)? {
-        out.push(format!("reference of machine {m} (not running) to template {t}"));
+        out.push(format!(
+            "reference of machine {m} (not running) to template {t}"
+        ));
     }
     Ok(out)
 }
@@ -772,7 +779,9 @@ pub fn gc(rt: &Runtime) -> Result<Vec<String>, RuntimeError> {
     let store = Store::open(rt.home())?;
     let mut out: Vec<String> = store.gc()?.iter().map(describe_leftover).collect();
     for (t, m) in store.stale_refs(|m| rt.registry().owner_alive(m), true)? {
-        out.push(format!("reference of machine {m} (not running) to template {t}"));
+        out.push(format!(
+            "reference of machine {m} (not running) to template {t}"
+        ));
     }
     Ok(out)
 }

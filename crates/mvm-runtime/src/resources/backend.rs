@@ -9,8 +9,8 @@ use mvm_core::backend::{
     BackendChoice, BackendError, BackendKind, Capabilities, RestoredVmm, RunningVmm, VmBackend,
     VmSpec, kvm_usable,
 };
-use mvm_core::snapshot::{MemoryBacking, SnapshotDir, SnapshotInfo};
 use mvm_core::config::Config;
+use mvm_core::snapshot::{MemoryBacking, SnapshotDir, SnapshotInfo};
 use mvm_core::{InstanceDir, MvmHome};
 use tokio::net::UnixStream;
 
@@ -78,7 +78,9 @@ impl AnyBackend {
     /// Instantiate the backend of `kind`.
     pub fn open(kind: BackendKind, config: &Config, home: &MvmHome) -> Result<Self, RuntimeError> {
         match kind {
-            BackendKind::Qemu => Ok(Self::Qemu(mvm_qemu::QemuBackend::detect()?)),
+            BackendKind::Qemu => Ok(Self::Qemu(mvm_qemu::QemuBackend::detect_cached(
+                &home.cache_dir().join("qemu-version.json"),
+            )?)),
             BackendKind::Firecracker => {
                 let bin =
                     firecracker_binary(config, home).ok_or_else(|| RuntimeError::Missing {

@@ -281,26 +281,33 @@ impl Supervisor<'_> {
                     .with_source(e)
                     .with_logs(&dir)
                 })?;
+            tracing::debug!("guest agent handshake done");
             if let Some(req) = reidentify {
                 restore::reidentify(&mut link, req, &backend, &dir, boot_deadline).await?;
             }
             let listener = UnixListener::bind(dir.agent_socket())?;
             Ok::<_, RuntimeError>((link, listener))
         };
-        let ready = tokio::select! {
-            r = ready => r,
-            status = child.wait() => {
-                let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
-                Err(mvm_core::backend::BackendError::new(
-                    backend.kind(),
-                    format!("the VMM {desc} before the guest agent answered"),
-                )
-                .with_logs(&dir)
-                .into())
+        tokio::pin!(ready);
+        let ready = loop {
+            tokio::select! {
+                r = &mut ready => break r,
+                status = child.wait() => {
+                    let desc = status.map(describe).unwrap_or_else(|e| e.to_string());
+                    break Err(mvm_core::backend::BackendError::new(
+                        backend.kind(),
+                        format!("the VMM {desc} before the guest agent answered"),
+                    )
+                    .with_logs(&dir)
+                    .into());
+                }
+                // A booting guest cannot power off in an orderly way: a stop
+                // during the start cancels it.
+                _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
+                _ = snapshots.recv() => {
+                    snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
+                }
             }
-            // A booting guest cannot power off in an orderly way: a stop
-            // during the start cancels it.
-            _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
         };
         let (link, listener) = match ready {
             Ok(x) => x,
@@ -392,7 +399,9 @@ impl Supervisor<'_> {
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
         let spec = spec::for_record(rt, &rec)?;
+        tracing::debug!("resources prepared");
         let launch = restore::plan(rt, &rec)?;
+        tracing::debug!("launch planned");
         remove_sockets(&self.dir);
         crate::fault::point("sup.vmm_spawn", None)?;
         Ok((backend, spec, rec, launch))

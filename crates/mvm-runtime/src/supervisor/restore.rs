@@ -126,10 +126,10 @@ pub fn plan(rt: &Runtime, rec: &InstanceRecord) -> Result<Launch, RuntimeError> 
         Ok(template) => Ok(Launch::Restore(Box::new(Restore {
             template,
             require: c.require_snapshot,
-            own_config: rec
-                .drives
-                .iter()
-                .any(|d| d.role == mvm_core::instance::DriveRole::Config && d.path.starts_with(rt.dir(&rec.name).root())),
+            own_config: rec.drives.iter().any(|d| {
+                d.role == mvm_core::instance::DriveRole::Config
+                    && d.path.starts_with(rt.dir(&rec.name).root())
+            }),
         }))),
         Err(e) => cold_or_fail(&c.template, c.require_snapshot, &e),
     }
@@ -189,6 +189,7 @@ pub async fn launch(
                 .await
             {
                 Ok(restored) => {
+                    tracing::debug!("restored: {:?}", restored.info);
                     crate::fault::point("sup.restored", restored.vmm.child.id())?;
                     Ok(Launched {
                         vmm: restored.vmm,
@@ -301,17 +302,15 @@ where
                 report.hostname,
                 report.elapsed_us,
                 report.clock_step_ms,
-                report.net.map(|n| format!(", eth0 {n}")).unwrap_or_default()
+                report
+                    .net
+                    .map(|n| format!(", eth0 {n}"))
+                    .unwrap_or_default()
             );
             Ok(())
         }
-        Message::Error(e) => Err(fail(format!(
-            "refused its new identity: {}",
-            e.message
-        ))),
-        other => Err(fail(format!(
-            "answered its new identity with {other:?}"
-        ))),
+        Message::Error(e) => Err(fail(format!("refused its new identity: {}", e.message))),
+        other => Err(fail(format!("answered its new identity with {other:?}"))),
     }
 }
 
