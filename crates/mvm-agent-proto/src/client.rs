@@ -90,7 +90,7 @@ pub enum ClientError {
     /// The agent speaks a protocol version without this feature.
     #[error(
         "the guest agent speaks protocol version {version}, but {feature} needs version {needed}: \
-         rebuild the machine's image with this mvm (`mvm image build`) and recreate the machine"
+         rebuild the machine's image with this mvm (`mvm image build`, or pull/import it again) and recreate the machine"
     )]
     Unsupported {
         /// What was asked for.
@@ -333,6 +333,25 @@ impl AgentClient {
         }
     }
 
+    /// Wait (without a deadline) until the guest's main process exits and
+    /// return how it ended; the guest then powers off. Protocol 2.
+    pub async fn wait_main(&self) -> Result<ExitStatus, ClientError> {
+        self.require(
+            crate::handshake::USER_VERSION,
+            "waiting for the main process",
+        )?;
+        let mut s = self.open(Request::WaitMain)?;
+        let msg = s.recv().await?;
+        s.finished = true;
+        match msg {
+            Message::Response(Response::MainExited(st)) => Ok(st),
+            m => Err(ClientError::Unexpected {
+                what: "wait_main",
+                kind: m.kind(),
+            }),
+        }
+    }
+
     /// Ask the guest to power off; returns once the agent accepted.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         match self.call(Request::Shutdown, "shutdown").await? {
@@ -371,6 +390,12 @@ impl AgentClient {
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, ClientError> {
         if req.tty.is_some() {
             self.require(TTY_VERSION, "a terminal (exec -t)")?;
+        }
+        if req.user.is_some() {
+            self.require(
+                crate::handshake::USER_VERSION,
+                "running a command as another user",
+            )?;
         }
         let s = self.open(Request::Exec(req))?;
         Ok(ExecSession {

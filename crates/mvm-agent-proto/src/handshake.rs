@@ -14,7 +14,8 @@ use crate::message::{ErrorKind, ErrorMsg, Hello, Role};
 ///
 /// - 1: exec, files, ping/info, shutdown.
 /// - 2: terminals (`ExecRequest::tty`, `Resize`), clones re-identified after
-///   a restore (`Reidentify`), a second `Hello` restarting a live stream; an
+///   a restore (`Reidentify`), a second `Hello` restarting a live stream,
+///   the exec `user` field and `WaitMain` (OCI images' main process); an
 ///   agent answers a request it cannot decode with `Error(InvalidRequest)`
 ///   on that session.
 ///
@@ -28,6 +29,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The version that brought terminals (`ExecRequest::tty`, `Resize`).
 pub const TTY_VERSION: u32 = 2;
+
+/// The version that brought the exec `user` and `WaitMain` (OCI images).
+pub const USER_VERSION: u32 = 2;
 
 /// The highest version both hellos accept, or the error message naming
 /// both ranges.

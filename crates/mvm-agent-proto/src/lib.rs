@@ -88,6 +88,13 @@
 //!   `Error`.
 //! - (v2) `Reidentify` → `Response::Reidentified` or `Error`
 //!   (see [`identity`]).
+//! - `WaitMain` (version 2) → `Response::MainExited` once the guest's main
+//!   process (see [`main_process`]) has exited, then the guest powers off;
+//!   `Error` when the guest has no main process.
+//!
+//! Version 2 also adds `user` to `Exec`. A host sends version-2 requests and
+//! fields only when the negotiated version is >= 2 (the client refuses
+//! otherwise, naming the feature and the fix: rebuild the image).
 //!
 //! `Cancel` makes the agent kill the session's process group (SIGKILL), stop
 //! any transfer and forget the session; it sends nothing more for it.
@@ -118,6 +125,7 @@ pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod identity;
+pub mod main_process;
 pub mod message;
 
 #[cfg(feature = "tokio")]
@@ -134,6 +142,7 @@ pub use frame::{
     DATA_CHUNK_MAX, Frame, HEADER_LEN, INITIAL_WINDOW, MAX_FRAME_LEN, Message, encode,
 };
 pub use handshake::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, TTY_VERSION, negotiate};
+pub use main_process::MainSpec;
 pub use message::{
     AgentInfo, ErrorKind, ErrorMsg, ExecRequest, ExitStatus, FileMeta, Hello, Request, Response,
     Role, WinSize,

@@ -59,6 +59,11 @@ pub struct ExecRequest {
     /// so the client refuses to send it unless version 2 was negotiated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<WinSize>,
+    /// Run as this user (protocol 2): `user`, `uid`, `user:group` or
+    /// `uid:gid`, names resolved from the guest's `/etc/passwd` and
+    /// `/etc/group`. `None`: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A request; it opens the session it is sent on.
@@ -95,6 +100,9 @@ pub enum Request {
     /// encoded as that bare name (so a multiplexer can forward it).
     #[serde(skip)]
     Unknown(String),
+    /// Wait for the guest's main process to exit (protocol 2); answered by
+    /// [`Response::MainExited`], after which the guest powers off.
+    WaitMain,
 }
 
 impl Request {
@@ -145,6 +153,8 @@ pub enum Response {
     FileMeta(FileMeta),
     /// (v2) Answer to `Reidentify`.
     Reidentified(crate::identity::ReidentifyReport),
+    /// Answer to `WaitMain`: how the main process ended.
+    MainExited(ExitStatus),
 }
 
 /// How a command ended.

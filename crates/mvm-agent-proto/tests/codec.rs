@@ -28,6 +28,7 @@ fn exec_req() -> impl Strategy<Value = ExecRequest> {
             stdin,
             timeout_ms,
             tty,
+            user: None,
         })
 }
 

@@ -85,12 +85,17 @@ pub fn command(req: &ExecRequest) -> Result<Command, ErrorMsg> {
             format!("{cwd}: working directory does not exist"),
         ));
     }
+    let ids = crate::user::for_request(req)?;
     let mut cmd = Command::new(argv0);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .envs(DEFAULT_ENV)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
+    cmd.args(&req.argv[1..]).env_clear().envs(DEFAULT_ENV);
+    if let Some(ids) = &ids {
+        cmd.env("HOME", &ids.home);
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd);
+    if let Some(ids) = &ids {
+        crate::user::apply(&mut cmd, ids);
+    }
     Ok(cmd)
 }
 

@@ -134,15 +134,26 @@ pub fn switch_root(device: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Set the hostname and record it in `/etc/hostname` and `/etc/hosts`.
+/// Write `path` by temp + rename: a symlink there (images often link
+/// `/etc/hosts` or `/etc/resolv.conf` into `/run`, sometimes dangling) is
+/// replaced instead of written through, and a reader never sees half a file.
+fn replace_file(path: &str, text: &str) {
+    let tmp = format!("{path}.mvm-tmp");
+    if let Err(e) = fs_err::write(&tmp, text).and_then(|()| fs_err::rename(&tmp, path)) {
+        crate::log!("{e}");
+        let _ = fs_err::remove_file(&tmp);
+    }
+}
+
+/// Set the hostname and record it in `/etc/hostname` and `/etc/hosts`
+/// (created when the image has no `/etc`, `/etc/hosts`, or has them as
+/// symlinks).
 pub fn set_hostname(name: &str) {
     if let Err(e) = nix::unistd::sethostname(name) {
         crate::log!("sethostname {name}: {e}");
     }
     mkdir("/etc");
-    if let Err(e) = fs_err::write("/etc/hostname", format!("{name}\n")) {
-        crate::log!("{e}");
-    }
+    replace_file("/etc/hostname", &format!("{name}\n"));
     let hosts = fs_err::read_to_string("/etc/hosts").unwrap_or_default();
     let line = format!("127.0.1.1\t{name}");
     if !hosts.lines().any(|l| l.trim() == line) {
@@ -154,9 +165,7 @@ pub fn set_hostname(name: &str) {
         }
         text.push_str(&line);
         text.push('\n');
-        if let Err(e) = fs_err::write("/etc/hosts", text) {
-            crate::log!("{e}");
-        }
+        replace_file("/etc/hosts", &text);
     }
 }
 

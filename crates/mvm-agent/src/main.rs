@@ -27,12 +27,14 @@ mod files;
 mod identity;
 mod init;
 mod log;
+mod main_process;
 mod modules;
 mod mounts;
 mod pty;
 mod reaper;
 mod serve;
 mod shutdown;
+mod user;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,15 +47,19 @@ enum Mode {
     Stdio,
 }
 
-const USAGE: &str =
-    "usage: mvm-agent --listen-unix PATH | --stdio | --version\n(as PID 1 it needs no arguments)";
+const USAGE: &str = "usage: mvm-agent (--listen-unix PATH | --stdio) [--config CONFIG_JSON] | --version\n(as PID 1 it needs no arguments; --config names the config.json whose `main` it starts)";
 
-fn parse_args(args: &[String]) -> Result<Mode, String> {
-    match args {
-        [flag, path] if flag == "--listen-unix" => Ok(Mode::Unix(PathBuf::from(path))),
-        [flag] if flag == "--stdio" => Ok(Mode::Stdio),
-        _ => Err(USAGE.to_owned()),
-    }
+fn parse_args(args: &[String]) -> Result<(Mode, Option<PathBuf>), String> {
+    let (args, config) = match args {
+        [rest @ .., flag, file] if flag == "--config" => (rest, Some(PathBuf::from(file))),
+        _ => (args, None),
+    };
+    let mode = match args {
+        [flag, path] if flag == "--listen-unix" => Mode::Unix(PathBuf::from(path)),
+        [flag] if flag == "--stdio" => Mode::Stdio,
+        _ => return Err(USAGE.to_owned()),
+    };
+    Ok((mode, config))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -74,7 +80,7 @@ fn main() {
         println!("mvm-agent {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    let mode = match parse_args(&args) {
+    let (mode, config) = match parse_args(&args) {
         Ok(m) => m,
         Err(u) => {
             eprintln!("{u}");
@@ -99,6 +105,9 @@ fn main() {
                 return 1;
             }
         };
+        if let Some(spec) = config.as_deref().and_then(main_process::load) {
+            main_process::start(&ctx, spec);
+        }
         match mode {
             Mode::Unix(path) => {
                 let listener = match tokio::net::UnixListener::bind(&path) {
@@ -192,6 +201,12 @@ async fn serve_guest() -> Result<(), String> {
         tasks.spawn(channel::serve_port(dev, ctx.clone()));
     }
     log!("ready");
+    // The config drive was mounted during boot.
+    if let Some(spec) = main_process::load(std::path::Path::new(
+        mvm_agent_proto::main_process::CONFIG_JSON_PATH,
+    )) {
+        main_process::start(&ctx, spec);
+    }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             log!("a serving task ended: {e}");

@@ -83,6 +83,9 @@ enum Ctl {
         credit: Arc<Credit>,
         task: AbortHandle,
     },
+    WaitMain {
+        task: AbortHandle,
+    },
 }
 
 impl Ctl {
@@ -108,6 +111,7 @@ impl Ctl {
                 credit.close();
                 task.abort();
             }
+            Ctl::WaitMain { task } => task.abort(),
         }
     }
 }
@@ -429,6 +433,15 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
                 files::write_file(sid, path, mode, rx, out.clone()),
             );
             t.insert(sid, Ctl::WriteFile { data, task });
+        }
+        Request::WaitMain => {
+            let mut t = lock(table);
+            let task = session_task(
+                table,
+                sid,
+                crate::main_process::wait(sid, out.clone(), ctx.pid1),
+            );
+            t.insert(sid, Ctl::WaitMain { task });
         }
         Request::ReadFile { path } => {
             let credit = Arc::new(Credit::default());

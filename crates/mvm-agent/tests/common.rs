@@ -12,16 +12,24 @@ use mvm_agent_proto::client::{AgentClient, ExecEvent};
 pub struct Agent {
     pub child: Child,
     pub socket: PathBuf,
+    /// Every line the agent wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra arguments after `--listen-unix PATH`.
+    pub fn start_with(extra: &[&std::ffi::OsStr]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_mvm-agent"))
             .arg("--listen-unix")
             .arg(&socket)
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -29,10 +37,13 @@ impl Agent {
         // Readiness: the agent prints "mvm-agent: ready" once listening.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("mvm-agent: ready")
                     && let Some(tx) = tx.take()
                 {
@@ -46,6 +57,7 @@ impl Agent {
         Agent {
             child,
             socket,
+            log,
             _dir: dir,
         }
     }

@@ -6,5 +6,6 @@ mod exec;
 mod files;
 mod identity;
 mod mux;
+mod oci;
 mod protocol;
 mod pty;

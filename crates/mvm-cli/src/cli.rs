@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
+
+use crate::complete;
 
 /// Run Linux microVMs the way Docker runs containers.
 #[derive(Debug, Parser)]
@@ -188,8 +191,10 @@ pub struct TemplateCreateArgs {
 #[derive(Debug, Args)]
 pub struct CpArgs {
     /// Source: a host file or NAME:GUEST_PATH.
+    #[arg(add = ArgValueCompleter::new(complete::CpOperand))]
     pub src: String,
     /// Destination: a host path or NAME:GUEST_PATH.
+    #[arg(add = ArgValueCompleter::new(complete::CpOperand))]
     pub dst: String,
 }
 
@@ -242,10 +247,44 @@ pub enum ImageCommand {
         #[arg(long, value_name = "MIB")]
         size: Option<u32>,
     },
-    /// Remove an image.
+    /// Remove an image (a name or a reference); blobs no image needs go too.
     Rm {
-        /// Image name.
+        /// Image name or reference.
+        #[arg(add = ArgValueCandidates::new(complete::images))]
         name: String,
+    },
+    /// Pull a container image from a registry (OCI distribution API).
+    Pull {
+        /// Image reference (`python:3.12`, `localhost:5000/app:1`,
+        /// `ghcr.io/o/r@sha256:...`).
+        reference: String,
+        /// Talk plain HTTP to the registry (e.g. `localhost:5000`).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user name (the password is read from stdin).
+        #[arg(long, short = 'u', value_name = "USER", requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
+    /// Import a `docker save` tarball or an OCI image layout (directory or
+    /// tarball).
+    Import {
+        /// The tarball or layout directory.
+        path: PathBuf,
+        /// The name to give it (a reference; default: the name the archive
+        /// gives, if any).
+        #[arg(long, value_name = "NAME[:TAG]")]
+        name: Option<String>,
+    },
+    /// Show what is known about an image, including an OCI image's config.
+    Inspect {
+        /// Image name or reference.
+        name: String,
+        /// One JSON document (the default output is JSON too; kept for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -253,7 +292,7 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Image to boot.
-    #[arg(default_value = "default")]
+    #[arg(default_value = "default", add = ArgValueCandidates::new(complete::images))]
     pub image: String,
     /// Machine name (generated when omitted).
     #[arg(long)]
@@ -299,7 +338,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct NamesArgs {
     /// Machine names.
-    #[arg(required = true)]
+    #[arg(required = true, add = ArgValueCandidates::new(complete::machines))]
     pub names: Vec<String>,
 }
 
@@ -307,6 +346,7 @@ pub struct NamesArgs {
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
 }
 
@@ -314,7 +354,11 @@ pub struct NameArg {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Machine names.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        required_unless_present = "all",
+        conflicts_with = "all",
+        add = ArgValueCandidates::new(complete::running_machines)
+    )]
     pub names: Vec<String>,
     /// Stop every running machine.
     #[arg(long)]
@@ -328,7 +372,7 @@ pub struct StopArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Machine names.
-    #[arg(required = true)]
+    #[arg(required = true, add = ArgValueCandidates::new(complete::machines))]
     pub names: Vec<String>,
     /// Stop a running machine first.
     #[arg(long, short = 'f')]
@@ -350,6 +394,7 @@ pub struct PsArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
     /// One JSON document (the default output is JSON too; kept for scripts).
     #[arg(long)]
@@ -360,6 +405,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Machine name.
+    #[arg(add = ArgValueCandidates::new(complete::machines))]
     pub name: String,
     /// Keep printing new output until the machine stops.
     #[arg(short, long)]
@@ -376,10 +422,10 @@ pub struct LogsArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Machine to run in (omit for a transient machine).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::running_machines))]
     pub name: Option<String>,
     /// Image of the transient machine.
-    #[arg(long, conflicts_with = "name")]
+    #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::images))]
     pub image: Option<String>,
     /// Restore the transient machine from this template instead of booting.
     #[arg(long, conflicts_with_all = ["name", "image", "launch_plan"])]
@@ -432,13 +478,17 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct ShellArgs {
     /// Machine to open the shell in (omit for a fresh transient machine).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::running_machines))]
     pub name: Option<String>,
     /// Image of the transient machine.
-    #[arg(long, conflicts_with_all = ["name", "template"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["name", "template"],
+        add = ArgValueCandidates::new(complete::images)
+    )]
     pub image: Option<String>,
     /// Template of the transient machine.
-    #[arg(long, conflicts_with = "name")]
+    #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::templates))]
     pub template: Option<String>,
     /// With --template: fail instead of a cold boot when the snapshot
     /// cannot be restored.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod progress;
 
 use std::process::ExitCode;
@@ -12,6 +13,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `COMPLETE=<shell> mvm -- WORDS`: the shell completing (names from
+    // `complete`); prints the candidates and exits. See `mvm completion`.
+    clap_complete::CompleteEnv::with_factory(<cli::Cli as clap::CommandFactory>::command)
+        .complete();
     let cli = cli::Cli::parse();
     let level = if cli.quiet {
         "error"

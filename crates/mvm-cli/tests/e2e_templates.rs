@@ -234,7 +234,7 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
             .write(true)
             .open(&memory)
             .unwrap();
-        f.write_all_at(&[0x5a; 4096], 1 << 20).unwrap();
+        f.file().write_all_at(&[0x5a; 4096], 1 << 20).unwrap();
     }
     let out = p.mvm(&["exec", "--template", "t", "--", "echo", "booted"]);
     let err = String::from_utf8_lossy(&out.stderr);

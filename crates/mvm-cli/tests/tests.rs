@@ -4,11 +4,14 @@
 
 mod cli_basics;
 mod common;
+mod completion;
 mod e2e_data;
 mod e2e_faults;
 mod e2e_firecracker;
 mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;
+mod e2e_oci;
 mod e2e_templates;
 mod e2e_transient;
+mod e2e_tty;

@@ -128,6 +128,9 @@ pub struct VmSpec {
     pub vsock_cid: u32,
     /// The VM belongs to one command: the VMM should die with its parent.
     pub transient: bool,
+    /// How the VMM is confined (uid/gid, cgroup); `None`: it runs with
+    /// mvm's own privileges.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 /// What a backend can do.
@@ -221,8 +224,9 @@ pub fn tail_lines(path: &std::path::Path, n: usize) -> Option<String> {
 /// A VMM launched by [`VmBackend::launch`].
 #[derive(Debug)]
 pub struct RunningVmm {
-    /// The VMM process, a child of the caller.
-    pub child: tokio::process::Child,
+    /// The VMM process: a child of the caller, or a descendant adopted as
+    /// its subreaper (a jailed Firecracker).
+    pub child: crate::vmm_child::VmmChild,
     /// The guest agent stream, if the backend had to connect it while
     /// launching (QEMU waits for the chardev client before it boots).
     pub guest: Option<UnixStream>,

@@ -8,6 +8,10 @@
 //! - [`config`]: `$MVM_HOME/config.toml` and `MVM_*` environment overrides.
 //! - [`egress`]: a machine's egress policy (`--egress`), parsed and printed.
 //! - [`backend`]: the one trait every hypervisor backend implements.
+//! - [`isolation`]: how a VMM is confined (uid, cgroup), as the runtime
+//!   tells a backend and persists in the record.
+//! - [`vmm_child`]: the VMM process a backend hands over (spawned, or
+//!   adopted through a pidfd when a jailer forked it).
 //! - [`process`]: pid identity (pid + start time) and liveness checks.
 //! - [`tools`]: every external program mvm runs, and the one way to run it.
 //! - [`env`]: every `MVM_*` environment variable, named once.
@@ -20,6 +24,7 @@ pub mod config;
 pub mod egress;
 pub mod env;
 pub mod instance;
+pub mod isolation;
 pub mod name;
 pub mod paths;
 pub mod process;
@@ -27,6 +32,7 @@ pub mod registry;
 pub mod snapshot;
 pub mod testing;
 pub mod tools;
+pub mod vmm_child;
 
 pub use backend::{BackendKind, VmBackend};
 pub use instance::{InstanceRecord, Status};

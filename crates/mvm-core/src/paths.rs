@@ -8,9 +8,12 @@
 //!   cache/                  downloads (kernel packages, release tarballs)
 //!   images/<digest>/        content-addressed image artefacts
 //!   images/tags/<name>      tag -> digest
+//!   images/refs/<sha256>    OCI reference -> digest (see mvm-image)
+//!   images/blobs/           OCI blob cache (see mvm-oci)
 //!   volumes/<name>.ext4     named volumes
 //!   instances/<name>/       one directory per machine (see InstanceDir)
 //!   templates/              templates (layout in the `mvm-template` crate)
+//!     jail/                 the VMM's chroot, when it runs jailed
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -66,6 +69,15 @@ impl MvmHome {
     /// Content-addressed images.
     pub fn images_dir(&self) -> PathBuf {
         self.root.join("images")
+    }
+    /// OCI references pulled or imported (`images/refs`).
+    pub fn image_refs_dir(&self) -> PathBuf {
+        self.images_dir().join("refs")
+    }
+    /// The content-addressed OCI blob cache shared by all images
+    /// (`images/blobs`).
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.images_dir().join("blobs")
     }
     /// Named volumes.
     pub fn volumes_dir(&self) -> PathBuf {
@@ -168,6 +180,13 @@ impl InstanceDir {
     /// The secrets drive image (mode 0600).
     pub fn secrets_drive(&self) -> PathBuf {
         self.root.join("secrets.ext4")
+    }
+    /// The machine's jail: the base directory of its VMM's chroot
+    /// (`jail/<exec name>/<name>/root` for the Firecracker jailer). Only
+    /// the VMM's view of its files, hard links and bind mounts; removed
+    /// whenever the VMM is gone.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.root.join("jail")
     }
     /// Where a VMM pid is written by the VMM itself, when it supports it.
     pub fn vmm_pidfile(&self) -> PathBuf {

@@ -596,6 +596,7 @@ mod tests {
             net: None,
             vsock_cid: 3,
             transient: true,
+            isolation: None,
         }
     }
 

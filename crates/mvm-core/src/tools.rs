@@ -38,6 +38,13 @@ pub const QEMU: HostTool = HostTool {
     purpose: "runs machines with the QEMU microvm backend",
     root_only: false,
 };
+/// `qemu-img`: copy-on-write overlays of template disks.
+pub const QEMU_IMG: HostTool = HostTool {
+    program: "qemu-img",
+    package: "qemu-utils",
+    purpose: "makes copy-on-write overlays of template disks",
+    root_only: false,
+};
 /// `mkfs.ext4`: root disks, drives, volumes.
 pub const MKFS_EXT4: HostTool = HostTool {
     program: "mkfs.ext4",
@@ -113,6 +120,7 @@ pub const NFT: HostTool = HostTool {
 /// Every external program mvm runs on the host.
 pub const HOST_TOOLS: &[HostTool] = &[
     QEMU,
+    QEMU_IMG,
     MKFS_EXT4,
     DEBUGFS,
     E2FSCK,

@@ -441,6 +441,12 @@ pub struct ConfigJson {
     /// Role (free-form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The machine's main process (an OCI image's Entrypoint + Cmd): the
+    /// agent starts it after boot, with its output on the console, and
+    /// powers the guest off when it exits (agent protocol 2; see
+    /// `mvm_agent_proto::main_process`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<mvm_agent_proto::MainSpec>,
     /// Further keys, written at the top level as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -458,6 +464,7 @@ impl ConfigJson {
             gateway: None,
             profile: None,
             role: None,
+            main: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -726,5 +733,27 @@ mod tests {
         );
         let back: ConfigJson = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn config_json_carries_the_main_process_where_the_agent_reads_it() {
+        let mut c = ConfigJson::new("abc", "app");
+        c.main = Some(mvm_agent_proto::MainSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec![("GREETING".into(), "hello".into())],
+            cwd: Some("/work".into()),
+            user: Some("app".into()),
+            poweroff_grace_ms: None,
+        });
+        let json = serde_json::to_vec(&c).unwrap();
+        let seen: mvm_agent_proto::main_process::ConfigMain =
+            serde_json::from_slice(&json).unwrap();
+        assert_eq!(seen.main, c.main);
+        let back: ConfigJson = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(
+            format!("{CONFIG_MOUNT}/{CONFIG_JSON}"),
+            mvm_agent_proto::main_process::CONFIG_JSON_PATH
+        );
     }
 }

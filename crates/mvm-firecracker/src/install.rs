@@ -435,6 +435,46 @@ pub fn find_binary(config: &Config, home: &MvmHome) -> Result<PathBuf, InstallEr
     })
 }
 
+/// Find the jailer: `$MVM_JAILER_BIN`, else `jailer` beside the
+/// Firecracker binary `firecracker` (where `mvm setup` installs both from
+/// the release tarball), else on `PATH`.
+pub fn find_jailer(firecracker: &Path) -> Result<PathBuf, InstallError> {
+    if let Some(p) = std::env::var_os(crate::jailer::JAILER_BIN_ENV).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(InstallError::NotFound {
+                looked: format!(
+                    "{} (from {}, missing or not executable)",
+                    p.display(),
+                    crate::jailer::JAILER_BIN_ENV
+                ),
+            })
+        };
+    }
+    let mut looked = Vec::new();
+    if let Some(dir) = firecracker.parent() {
+        let beside = dir.join("jailer");
+        if is_executable(&beside) {
+            return Ok(beside);
+        }
+        looked.push(beside.display().to_string());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join("jailer");
+            if is_executable(&c) {
+                return Ok(c);
+            }
+        }
+        looked.push("PATH".into());
+    }
+    Err(InstallError::NotFound {
+        looked: looked.join(", "),
+    })
+}
+
 fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -18,6 +18,8 @@
 //! ([`BootConfig::to_config_file`]), with which Firecracker configures and
 //! boots at start-up.
 
+use std::path::Path;
+
 use mvm_core::backend::VmSpec;
 use mvm_core::paths::InstanceDir;
 
@@ -64,10 +66,17 @@ pub fn boot_args(spec: &VmSpec) -> String {
 impl BootConfig {
     /// The configuration of `spec`, with its files in `dir`.
     pub fn new(spec: &VmSpec, dir: &InstanceDir) -> Self {
+        Self::with_paths(spec, &dir.vmm_log(), &dir.guest_socket())
+    }
+
+    /// The configuration of `spec` with the logger writing to `vmm_log`
+    /// and the hybrid vsock on `guest_socket` (paths as the VMM sees them:
+    /// inside the chroot when jailed).
+    pub fn with_paths(spec: &VmSpec, vmm_log: &Path, guest_socket: &Path) -> Self {
         Self {
             logger: Logger {
                 level: Some(LogLevel::Warning),
-                log_path: Some(dir.vmm_log()),
+                log_path: Some(vmm_log.to_owned()),
                 show_level: Some(true),
                 show_log_origin: Some(false),
                 module: None,
@@ -102,7 +111,7 @@ impl BootConfig {
                 .collect(),
             vsock: Vsock {
                 guest_cid: spec.vsock_cid,
-                uds_path: dir.guest_socket(),
+                uds_path: guest_socket.to_owned(),
                 vsock_id: None,
             },
             entropy: EntropyDevice::default(),
@@ -182,6 +191,7 @@ mod tests {
             }),
             vsock_cid: 7,
             transient: false,
+            isolation: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`process`]: argv builder, spawning, readiness, stale sockets.
 //! - [`launch`]: how a [`mvm_core::backend::VmSpec`] becomes API calls (or a
 //!   `--config-file`).
+//! - [`jailer`]: the jailer's argv and the chroot of a jailed VMM.
 //! - [`vsock`]: the host side of Firecracker's hybrid vsock (`CONNECT <port>`).
 //! - [`snapshot`]: pause → `/snapshot/create`; a fresh process →
 //!   `/snapshot/load` (memory file mapped privately) → drives → resume.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod backend;
 pub mod install;
+pub mod jailer;
 pub mod launch;
 pub mod process;
 pub mod snapshot;
@@ -41,6 +43,12 @@ pub struct DoctorInfo {
     pub kvm: KvmStatus,
     /// What prevents using Firecracker, in words (None = usable).
     pub problem: Option<String>,
+    /// The jailer found, if any.
+    pub jailer: Option<PathBuf>,
+    /// Whether VMMs would run jailed here (root, a jailer, cgroups).
+    pub jailed: bool,
+    /// Why they would not, in words (None = jailed).
+    pub jail_problem: Option<String>,
 }
 
 /// Inspect this host's Firecracker setup.
@@ -65,7 +73,19 @@ pub fn doctor(config: &Config, home: &MvmHome) -> DoctorInfo {
     if problem.is_none() && !kvm.usable {
         problem = Some(format!("KVM: {}", kvm.reason));
     }
+    let jailer = binary.as_deref().map(install::find_jailer);
+    let host = mvm_jail::doctor();
+    let jail_problem = match &jailer {
+        None => Some("no firecracker binary".to_owned()),
+        Some(Err(e)) => Some(format!("no jailer: {e}")),
+        Some(Ok(_)) if !host.root => Some("mvm is not root: the jailer needs root".to_owned()),
+        Some(Ok(_)) => host.problem.clone(),
+    };
+    let jailer = jailer.and_then(Result::ok);
     DoctorInfo {
+        jailed: jail_problem.is_none(),
+        jail_problem,
+        jailer,
         binary,
         version,
         expected_version,

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use mvm_core::vmm_child::VmmChild;
 use tokio::process::{Child, Command};
 
 use crate::api::{ApiError, Client, InstanceInfo};
@@ -220,7 +221,7 @@ pub fn clear_stale_socket(path: &Path) -> Result<(), ProcessError> {
 /// Wait until the API at `client` answers `GET /`, the child exits, or
 /// `deadline` passes. Returns the instance information.
 pub async fn wait_ready(
-    child: &mut Child,
+    child: &mut VmmChild,
     client: &Client,
     deadline: Instant,
 ) -> Result<InstanceInfo, ProcessError> {

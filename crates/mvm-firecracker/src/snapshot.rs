@@ -47,7 +47,7 @@ use mvm_core::snapshot::{
     MemoryMode, RestoreInfo, SNAPSHOT_FORMAT, SnapshotDir, SnapshotDrive, SnapshotError,
     SnapshotInfo, SnapshotMeta, allocated_bytes, now_rfc3339,
 };
-use tokio::process::Child;
+use mvm_core::vmm_child::VmmChild;
 
 use crate::api::{
     MemoryBackend, MemoryBackendType, NetworkOverride, PartialDrive, SnapshotCreateParams,
@@ -230,7 +230,8 @@ impl FirecrackerBackend {
         let args = self.args(spec, dir);
         let mut guard = Guard(Some(
             process::spawn(&args, &dir.console_log(), &dir.vmm_log(), spec.transient)
-                .map_err(|e| err("cannot start firecracker").with_source(e))?,
+                .map_err(|e| err("cannot start firecracker").with_source(e))?
+                .into(),
         ));
         let client = self.client(dir);
         process::wait_ready(guard.child(), &client, deadline)
@@ -299,13 +300,13 @@ impl FirecrackerBackend {
 
 /// Kills the restored VMM unless disarmed (also when the restore future
 /// is dropped half-way).
-struct Guard(Option<Child>);
+struct Guard(Option<VmmChild>);
 
 impl Guard {
-    fn child(&mut self) -> &mut Child {
+    fn child(&mut self) -> &mut VmmChild {
         self.0.as_mut().expect("armed until disarmed")
     }
-    fn disarm(mut self) -> Child {
+    fn disarm(mut self) -> VmmChild {
         self.0.take().expect("armed until disarmed")
     }
     async fn kill(&mut self) {
@@ -361,6 +362,7 @@ mod tests {
             }),
             vsock_cid: 3,
             transient: false,
+            isolation: None,
         };
         let p = load_params(&spec, &dir, &from);
         assert_eq!(p.resume_vm, Some(false));

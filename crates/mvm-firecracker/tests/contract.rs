@@ -13,21 +13,29 @@ use mvm_firecracker::launch::BootConfig;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 
-const SPEC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/firecracker/firecracker-api-v1.16.1.yaml"
-);
+/// Names the published OpenAPI file (`.ci/run` points it at
+/// `../shared/firecracker/firecracker-api-v1.16.1.yaml`).
+const SPEC_ENV: &str = "MVM_FIRECRACKER_API_SPEC";
 
 struct Spec {
     doc: Yaml,
 }
 
 impl Spec {
-    fn load() -> Self {
-        let text = fs_err::read_to_string(SPEC).expect("the OpenAPI file is in shared/firecracker");
-        Self {
+    /// The OpenAPI document named by [`SPEC_ENV`], or `None` after
+    /// reporting the test as skipped.
+    fn load(test: &str) -> Option<Self> {
+        let Some(path) = std::env::var_os(SPEC_ENV).filter(|v| !v.is_empty()) else {
+            mvm_core::testing::skip(&format!(
+                "SKIPPED: {test}: {SPEC_ENV} does not name the Firecracker OpenAPI file"
+            ));
+            return None;
+        };
+        let text = fs_err::read_to_string(PathBuf::from(path))
+            .unwrap_or_else(|e| panic!("{SPEC_ENV} is set but unreadable: {e}"));
+        Some(Self {
             doc: serde_yaml_ng::from_str(&text).expect("valid YAML"),
-        }
+        })
     }
 
     fn definition(&self, name: &str) -> &Yaml {
@@ -454,12 +462,15 @@ fn spec_for_launch(net: bool) -> VmSpec {
         }),
         vsock_cid: 3,
         transient: true,
+        isolation: None,
     }
 }
 
 #[test]
 fn every_request_body_matches_the_openapi_schema() {
-    let spec = Spec::load();
+    let Some(spec) = Spec::load("every_request_body_matches_the_openapi_schema") else {
+        return;
+    };
     let samples = samples();
     let mut failures = Vec::new();
     for ep in endpoints::ALL {
@@ -532,7 +543,9 @@ fn every_request_body_matches_the_openapi_schema() {
 
 #[test]
 fn every_endpoint_the_client_uses_exists_with_that_body() {
-    let spec = Spec::load();
+    let Some(spec) = Spec::load("every_endpoint_the_client_uses_exists_with_that_body") else {
+        return;
+    };
     for ep in endpoints::ALL {
         let op = &spec.doc["paths"][ep.path][ep.method.to_ascii_lowercase().as_str()];
         assert!(
@@ -572,7 +585,9 @@ fn every_endpoint_the_client_uses_exists_with_that_body() {
 
 #[test]
 fn the_validator_rejects_what_it_should() {
-    let spec = Spec::load();
+    let Some(spec) = Spec::load("the_validator_rejects_what_it_should") else {
+        return;
+    };
     let unknown = serde_json::json!({"drive_id": "a", "is_root_device": false, "colour": 1});
     let e = spec.check("Drive", &unknown);
     assert!(e.iter().any(|e| e.contains("colour")), "{e:?}");
@@ -600,7 +615,9 @@ fn responses_in_the_spec_shape_decode() {
     }))
     .unwrap();
     assert_eq!(info.state, InstanceState::NotStarted);
-    let spec = Spec::load();
+    let Some(spec) = Spec::load("responses_in_the_spec_shape_decode") else {
+        return;
+    };
     let states = spec.definition("InstanceInfo")["properties"]["state"]["enum"]
         .as_sequence()
         .unwrap()

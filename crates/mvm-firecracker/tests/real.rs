@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use mvm_core::VmBackend;
 use mvm_core::backend::{DriveSpec, KernelPaths, NetSpec, VmSpec};
 use mvm_core::paths::InstanceDir;
+use mvm_core::vmm_child::VmmChild;
 use mvm_firecracker::api::{Client, InstanceState};
 use mvm_firecracker::launch::BootConfig;
 use mvm_firecracker::process::{self, FirecrackerArgs};
@@ -75,6 +76,7 @@ impl Fixture {
             net,
             vsock_cid: 3,
             transient: true,
+            isolation: None,
         }
     }
 }
@@ -178,13 +180,15 @@ async fn real_firecracker_configuration_round_trips_and_lifecycle_works() {
     let spec = f.spec("vm1", net);
 
     // A neighbour that must survive everything done to vm1.
-    let mut neighbour = process::spawn(
-        &FirecrackerArgs::new(&bin, other.api_socket()),
-        &other.console_log(),
-        &other.vmm_log(),
-        true,
-    )
-    .unwrap();
+    let mut neighbour = VmmChild::from(
+        process::spawn(
+            &FirecrackerArgs::new(&bin, other.api_socket()),
+            &other.console_log(),
+            &other.vmm_log(),
+            true,
+        )
+        .unwrap(),
+    );
     let nclient = Client::new(other.api_socket());
     process::wait_ready(&mut neighbour, &nclient, deadline(10))
         .await
@@ -192,7 +196,8 @@ async fn real_firecracker_configuration_round_trips_and_lifecycle_works() {
 
     let mut args = FirecrackerArgs::new(&bin, dir.api_socket());
     args.id = Some("vm1".into());
-    let mut child = process::spawn(&args, &dir.console_log(), &dir.vmm_log(), true).unwrap();
+    let mut child =
+        VmmChild::from(process::spawn(&args, &dir.console_log(), &dir.vmm_log(), true).unwrap());
     let client = Client::new(dir.api_socket());
     let info = process::wait_ready(&mut child, &client, deadline(10))
         .await

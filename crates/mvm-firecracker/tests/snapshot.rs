@@ -69,6 +69,7 @@ impl Fixture {
             net: None,
             vsock_cid: 3,
             transient: true,
+            isolation: None,
         }
     }
 }

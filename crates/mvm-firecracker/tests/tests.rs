@@ -4,6 +4,7 @@ mod client;
 mod common;
 mod contract;
 mod install;
+mod jailed;
 mod real;
 mod snapshot;
 mod vsock;

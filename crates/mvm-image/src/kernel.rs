@@ -332,7 +332,7 @@ const COMPLETE_MARKER: &str = ".mvm-complete";
 
 /// Resolve the metapackage to the real kernel package with `apt-cache`.
 pub fn resolve_debian_package(metapackage: &str) -> Result<String, KernelError> {
-    let apt_cache = cmd::require("apt-cache", "apt")?;
+    let apt_cache = mvm_core::tools::APT_CACHE.require()?;
     let out = cmd::run(
         &apt_cache,
         &["depends".as_ref(), metapackage.as_ref()],
@@ -381,8 +381,8 @@ pub fn ensure_debian_kernel(
         return open_unpacked(&package, &dir);
     }
     progress.step(&format!("downloading {package} with apt-get"));
-    let apt_get = cmd::require("apt-get", "apt")?;
-    let dpkg_deb = cmd::require("dpkg-deb", "dpkg")?;
+    let apt_get = mvm_core::tools::APT_GET.require()?;
+    let dpkg_deb = mvm_core::tools::DPKG_DEB.require()?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempdir_in(cache_dir)?;

@@ -9,9 +9,11 @@
 //! images/<digest>/vmlinux          the ELF kernel extracted from it
 //! images/<digest>/initramfs.cpio   mvm's initramfs (uncompressed newc)
 //! images/<digest>/rootfs.ext4      the image's tree as ext4
-//! images/<digest>/tree/            that tree (source of machine disks)
+//! images/<digest>/tree/            that tree
+//! images/<digest>/machine-<N>M.ext4  template of machine disks (see [`disk`])
 //! images/<digest>/manifest.json    what it was built from (see Manifest)
 //! images/tags/<name>               the digest a name points to
+//! images/refs/<sha256>              an OCI reference and the digest it names ([`oci`])
 //! ```
 //!
 //! `<digest>` is a sha256 over every input (builder format version, agent,
@@ -22,15 +24,27 @@
 //! the second rename fails and the loser discards its temporary directory.
 //! Tags are written atomically (temp + rename).
 //!
+//! Images made from OCI container images ([`ImageKind::Oci`]) get their tree
+//! from a [`TreeSource`] (mvm-oci's layer unpacker) and keep the image's
+//! configuration in `manifest.json` ([`oci::OciInfo`]); references name them
+//! (`images/refs/`). Their tree is the image's files only: mvm's agent,
+//! modules and busybox stay in the initramfs, which switches root to the
+//! machine's disk. An OCI image's `tree/` is mode 0700: it holds the
+//! image's setuid files with their owners, which no other host user may
+//! execute.
+//!
 //! Other modules: [`kernel`] (bzImage → vmlinux, the Debian package),
-//! [`modules`] (modules.dep closure), [`initramfs`] (cpio), [`tree`].
+//! [`modules`] (modules.dep closure), [`initramfs`] (cpio), [`tree`],
+//! [`oci`].
 #![warn(missing_docs)]
 
 pub mod agent;
 mod cmd;
+pub mod disk;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod oci;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -43,9 +57,11 @@ use sha2::{Digest, Sha256};
 
 pub use agent::{AGENT_BINARY, AGENT_SHA256};
 pub use cmd::{CommandError, which};
+pub use disk::{DiskCopy, machine_disk};
 pub use initramfs::InitramfsError;
 pub use kernel::KernelError;
 pub use modules::ModulesError;
+pub use oci::{ImageConfig, LayerInfo, OciInfo, RefRecord, SourceKind};
 pub use tree::TreeError;
 
 /// Bump when the layout or content of built images changes.
@@ -104,6 +120,15 @@ pub enum ImageError {
     /// A tag could not be written.
     #[error(transparent)]
     Tag(#[from] mvm_core::atomic::AtomicWriteError),
+    /// A [`TreeSource`] could not produce the root filesystem tree.
+    #[error("cannot produce the root filesystem of {what}")]
+    Source {
+        /// What was being converted (a reference or a file).
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 /// Progress reports from long operations; the CLI shows them (indicatif),
@@ -132,6 +157,9 @@ pub enum ImageKind {
     /// A user's tree on the root disk; the initramfs switches root to it
     /// (`mvm.root=/dev/vda`).
     Custom,
+    /// An OCI container image's tree on the root disk (nothing of mvm's
+    /// in it); booted like [`ImageKind::Custom`].
+    Oci,
 }
 
 /// What an image's root filesystem is made from.
@@ -183,15 +211,55 @@ impl Image {
     pub fn tree(&self) -> PathBuf {
         self.dir.join("tree")
     }
+
+    /// The image's `manifest.json`.
+    pub fn manifest(&self) -> Result<Manifest, ImageError> {
+        read_manifest(&self.dir)
+    }
+
+    /// The OCI configuration and blobs, for an image made from an OCI image.
+    pub fn oci(&self) -> Result<Option<OciInfo>, ImageError> {
+        Ok(self.manifest()?.oci)
+    }
+}
+
+/// A root filesystem tree produced outside this crate (mvm-oci applies an
+/// OCI image's layers with it).
+pub trait TreeSource {
+    /// What the tree is made of, as part of the image digest (unchanged
+    /// content must give an unchanged key).
+    fn key(&self) -> String;
+    /// A name for messages (a reference or a file).
+    fn describe(&self) -> String;
+    /// Fill the empty directory `tree`.
+    fn fill(
+        &self,
+        tree: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>>;
+    /// The OCI metadata stored with the image, given the unpacked tree's
+    /// size in bytes and entries.
+    fn oci_info(&self, unpacked_bytes: u64, unpacked_entries: u64) -> Option<OciInfo>;
+}
+
+/// What an image is built from, inside this crate.
+enum Src<'a> {
+    User(&'a ImageSource),
+    Tree(&'a dyn TreeSource),
 }
 
 /// An entry of [`list`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageInfo {
-    /// The tag.
+    /// The tag, or the OCI reference.
     pub name: String,
-    /// The digest it points to.
+    /// The image digest it points to.
     pub digest: String,
+    /// `built` (`mvm image build`), `registry`, `docker-archive` or
+    /// `oci-layout`.
+    pub source: String,
+    /// For OCI images: the manifest digest the reference resolved to.
+    pub manifest_digest: Option<String>,
     /// Default or custom.
     pub kind: ImageKind,
     /// Bytes the image's files take on disk.
@@ -246,6 +314,13 @@ pub struct Manifest {
     pub sizes: Sizes,
     /// Build time, RFC 3339.
     pub created: String,
+    /// Inodes the root filesystem was made with, when more than mkfs's
+    /// default (trees of many small files); machine disks get as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+    /// For images made from an OCI image: its configuration and blobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciInfo>,
 }
 
 /// The files of image directory `dir`.
@@ -416,8 +491,76 @@ pub fn build_with_kernel(
     progress: &dyn Progress,
 ) -> Result<Image, ImageError> {
     check_name(name)?;
-    let images = home.images_dir();
     fs_err::create_dir_all(tags_dir(home))?;
+    let user = source_digest(&source)?;
+    let digest = ensure_built(
+        home,
+        name,
+        &Src::User(&source),
+        &user,
+        &size_mib.to_string(),
+        size_mib,
+        kernel,
+        progress,
+    )?;
+    mvm_core::atomic::write_atomic(
+        &tags_dir(home).join(name),
+        format!("{digest}\n").as_bytes(),
+        0o644,
+    )?;
+    open(name, &home.images_dir().join(&digest))
+}
+
+/// Build (or find in the cache) an image whose tree comes from `source`
+/// (an OCI image), with a root filesystem sized to fit it. No tag is
+/// written: name it with [`oci::write_ref`]. The returned image's `name` is
+/// `source.describe()`.
+pub fn build_tree_image(
+    home: &MvmHome,
+    source: &dyn TreeSource,
+    kernel: &KernelSource,
+    progress: &dyn Progress,
+) -> Result<Image, ImageError> {
+    let name = source.describe();
+    let digest = ensure_built(
+        home,
+        &name,
+        &Src::Tree(source),
+        &source.key(),
+        "auto",
+        0,
+        kernel,
+        progress,
+    )?;
+    open(&name, &home.images_dir().join(&digest))
+}
+
+/// The image `name|ref` by digest, without a tag (for callers that keep
+/// their own names, e.g. after [`build_tree_image`]).
+pub fn open_digest(home: &MvmHome, name: &str, digest: &str) -> Result<Image, ImageError> {
+    let dir = home.images_dir().join(digest);
+    if !dir.join("manifest.json").is_file() {
+        return Err(ImageError::NotFound {
+            name: name.to_owned(),
+        });
+    }
+    open(name, &dir)
+}
+
+/// Build the image unless its digest is cached; returns the digest.
+#[allow(clippy::too_many_arguments)]
+fn ensure_built(
+    home: &MvmHome,
+    name: &str,
+    source: &Src<'_>,
+    tree_key: &str,
+    size_key: &str,
+    size_mib: u64,
+    kernel: &KernelSource,
+    progress: &dyn Progress,
+) -> Result<String, ImageError> {
+    let images = home.images_dir();
+    fs_err::create_dir_all(&images)?;
     let k = kernel_input(home, kernel, progress)?;
     let busybox = tree::host_busybox()?;
     let resolved = match &k.modules_dir {
@@ -425,10 +568,10 @@ pub fn build_with_kernel(
         None => modules::Resolved::default(),
     };
     let kind = match source {
-        ImageSource::Default => ImageKind::Default,
-        _ => ImageKind::Custom,
+        Src::User(ImageSource::Default) => ImageKind::Default,
+        Src::User(_) => ImageKind::Custom,
+        Src::Tree(_) => ImageKind::Oci,
     };
-    let user = source_digest(&source)?;
     let digest = {
         let mut h = Sha256::new();
         for line in [
@@ -437,8 +580,8 @@ pub fn build_with_kernel(
             format!("kernel {}", k.sha256),
             format!("busybox {}", busybox.sha256),
             format!("modules {}", resolved.order.join(" ")),
-            format!("tree {user}"),
-            format!("size {size_mib}"),
+            format!("tree {tree_key}"),
+            format!("size {size_key}"),
         ] {
             h.update(line.as_bytes());
             h.update(b"\n");
@@ -450,15 +593,10 @@ pub fn build_with_kernel(
         sweep_stale_temps(&images);
         progress.step(&format!("building image {name} ({})", &digest[..12]));
         build_into(
-            home, &final_dir, &digest, kind, &source, size_mib, &k, &busybox, &resolved, progress,
+            home, &final_dir, &digest, kind, source, size_mib, &k, &busybox, &resolved, progress,
         )?;
     }
-    mvm_core::atomic::write_atomic(
-        &tags_dir(home).join(name),
-        format!("{digest}\n").as_bytes(),
-        0o644,
-    )?;
-    open(name, &final_dir)
+    Ok(digest)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -467,7 +605,7 @@ fn build_into(
     final_dir: &Path,
     digest: &str,
     kind: ImageKind,
-    source: &ImageSource,
+    source: &Src<'_>,
     size_mib: u64,
     k: &KernelInput,
     busybox: &tree::Busybox,
@@ -516,14 +654,34 @@ fn build_into(
     )?;
     let initramfs_size = initramfs::write_cpio(&base, &l.initramfs())?;
 
+    let mut size_mib = size_mib;
+    let mut inodes = None;
+    let mut oci = None;
+    if let Src::Tree(src) = source {
+        let t = l.tree();
+        fs_err::create_dir_all(&t)?;
+        // The tree holds the image's setuid-root files with their owners:
+        // nobody else on the host may reach them. (mkfs gives the ext4's
+        // root its own mode, 0755.)
+        fs_err::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        src.fill(&t, progress)
+            .map_err(|source| ImageError::Source {
+                what: src.describe(),
+                source,
+            })?;
+        fs_err::remove_dir_all(&base)?;
+        let usage = tree::usage(&t)?;
+        (size_mib, inodes) = usage.ext4_size();
+        oci = src.oci_info(usage.bytes, usage.entries);
+    }
     if kind == ImageKind::Custom {
         progress.step("assembling the root filesystem tree");
         let t = l.tree();
         fs_err::create_dir_all(&t)?;
         match source {
-            ImageSource::FromDir(d) => tree::copy_dir(d, &t)?,
-            ImageSource::FromTar(f) => tree::unpack_tar(f, &t)?,
-            ImageSource::Default => {}
+            Src::User(ImageSource::FromDir(d)) => tree::copy_dir(d, &t)?,
+            Src::User(ImageSource::FromTar(f)) => tree::unpack_tar(f, &t)?,
+            _ => {}
         }
         tree::confine(&t)?;
         tree::add_agent_and_mountpoints(&t, AGENT_BINARY, false)?;
@@ -537,7 +695,7 @@ fn build_into(
     }
 
     progress.step(&format!("creating the {size_mib} MiB ext4 root filesystem"));
-    mkfs_ext4(&l.tree(), &l.rootfs(), size_mib)?;
+    mkfs_ext4(&l.tree(), &l.rootfs(), size_mib, inodes)?;
 
     let meta = |p: PathBuf| fs_err::metadata(p);
     let rootfs_meta = meta(l.rootfs())?;
@@ -561,6 +719,8 @@ fn build_into(
             rootfs_allocated: std::os::unix::fs::MetadataExt::blocks(&rootfs_meta) * 512,
         },
         created: now_rfc3339(),
+        inodes,
+        oci,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|source| ImageError::Manifest {
         path: l.manifest(),
@@ -613,28 +773,36 @@ fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
     fs_err::copy(src, dst).map(|_| ())
 }
 
-/// `mkfs.ext4 -q -F -L mvm-root -E root_owner=0:0 -d <tree> <file> <size>M`:
-/// an ext4 image of `tree`, built without mounting anything.
-fn mkfs_ext4(tree: &Path, file: &Path, size_mib: u64) -> Result<(), ImageError> {
-    let mkfs = cmd::require("mkfs.ext4", "e2fsprogs")?;
+/// `mkfs.ext4 -q -F -L mvm-root -E root_owner=0:0 [-N inodes] -d <tree>
+/// <file> <size>M`: an ext4 image of `tree`, built without mounting
+/// anything. mkfs copies owners, modes, times, xattrs and hard links.
+fn mkfs_ext4(
+    tree: &Path,
+    file: &Path,
+    size_mib: u64,
+    inodes: Option<u64>,
+) -> Result<(), ImageError> {
+    let mkfs = mvm_core::tools::MKFS_EXT4.require()?;
     let size = format!("{size_mib}M");
-    cmd::run(
-        &mkfs,
-        &[
-            "-q".as_ref(),
-            "-F".as_ref(),
-            "-L".as_ref(),
-            ROOT_LABEL.as_ref(),
-            "-E".as_ref(),
-            "root_owner=0:0".as_ref(),
-            "-d".as_ref(),
-            tree.as_os_str(),
-            file.as_os_str(),
-            size.as_ref(),
-        ],
-        None,
-        MKFS_TIMEOUT,
-    )?;
+    let inodes = inodes.map(|n| n.to_string());
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "-q".as_ref(),
+        "-F".as_ref(),
+        "-L".as_ref(),
+        ROOT_LABEL.as_ref(),
+        "-E".as_ref(),
+        "root_owner=0:0".as_ref(),
+    ];
+    if let Some(n) = &inodes {
+        args.extend::<[&std::ffi::OsStr; 2]>(["-N".as_ref(), n.as_ref()]);
+    }
+    args.extend::<[&std::ffi::OsStr; 4]>([
+        "-d".as_ref(),
+        tree.as_os_str(),
+        file.as_os_str(),
+        size.as_ref(),
+    ]);
+    cmd::run(&mkfs, &args, None, MKFS_TIMEOUT)?;
     Ok(())
 }
 
@@ -678,45 +846,59 @@ fn read_tag(home: &MvmHome, name: &str) -> Result<String, ImageError> {
     }
 }
 
-/// The image tagged `name`.
+/// The image tagged `name`, or named by the OCI reference `name` (exact,
+/// normalised string: see mvm-oci).
 pub fn get(home: &MvmHome, name: &str) -> Result<Image, ImageError> {
-    let digest = read_tag(home, name)?;
-    let dir = home.images_dir().join(&digest);
-    if !dir.join("manifest.json").is_file() {
-        return Err(ImageError::NotFound {
-            name: name.to_owned(),
-        });
-    }
-    open(name, &dir)
+    let digest = if check_name(name).is_ok() {
+        read_tag(home, name)?
+    } else {
+        match oci::read_ref(home, name)? {
+            Some(r) => r.image_digest,
+            None => {
+                return Err(ImageError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+        }
+    };
+    open_digest(home, name, &digest)
 }
 
-/// Every tagged image, sorted by name.
+/// Every tagged image and every OCI reference, sorted by name.
 pub fn list(home: &MvmHome) -> Result<Vec<ImageInfo>, ImageError> {
-    let dir = tags_dir(home);
-    let entries = match fs_err::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if check_name(&name).is_err() {
-            continue; // temporary files of atomic writes
+    let mut named: Vec<(String, String, Option<RefRecord>)> = Vec::new();
+    match fs_err::read_dir(tags_dir(home)) {
+        Ok(entries) => {
+            for e in entries {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if check_name(&name).is_err() {
+                    continue; // temporary files of atomic writes
+                }
+                let digest = read_tag(home, &name)?;
+                named.push((name, digest, None));
+            }
         }
-        let digest = read_tag(home, &name)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    for r in oci::list_refs(home)? {
+        named.push((r.reference.clone(), r.image_digest.clone(), Some(r)));
+    }
+    let mut out = Vec::new();
+    for (name, digest, r) in named {
         let idir = home.images_dir().join(&digest);
         let Ok(m) = read_manifest(&idir) else {
             continue;
         };
         out.push(ImageInfo {
             name,
+            source: r.as_ref().map_or("built", |r| r.source.as_str()).to_owned(),
+            manifest_digest: r.as_ref().map(|r| r.manifest_digest.clone()),
             digest,
             kind: m.kind,
             disk_bytes: disk_usage(&idir)?,
             rootfs_mib: m.rootfs_mib,
-            created: m.created,
+            created: r.map_or(m.created, |r| r.created),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -733,34 +915,100 @@ fn disk_usage(dir: &Path) -> std::io::Result<u64> {
         .sum())
 }
 
-/// Remove the tag `name`; the image's files go too when no other tag
-/// points to them. Machines already created keep their own disks.
-pub fn remove(home: &MvmHome, name: &str) -> Result<(), ImageError> {
-    let digest = read_tag(home, name)?;
-    fs_err::remove_file(tags_dir(home).join(name))?;
-    let still_used = fs_err::read_dir(tags_dir(home))?
-        .filter_map(Result::ok)
-        .filter(|e| check_name(&e.file_name().to_string_lossy()).is_ok())
-        .any(|e| fs_err::read_to_string(e.path()).is_ok_and(|d| d.trim() == digest));
-    if !still_used {
-        let dir = home.images_dir().join(&digest);
-        if dir.exists() {
-            // Rename first so a half-deleted directory is never taken for an image.
-            let doomed = home.images_dir().join(format!(".tmp-rm-{digest}"));
-            if doomed.exists() {
-                fs_err::remove_dir_all(&doomed)?; // left by an interrupted remove
+/// Whether any tag or reference names the image `digest`.
+fn digest_in_use(home: &MvmHome, digest: &str) -> Result<bool, ImageError> {
+    let tagged = match fs_err::read_dir(tags_dir(home)) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| check_name(&e.file_name().to_string_lossy()).is_ok())
+            .any(|e| fs_err::read_to_string(e.path()).is_ok_and(|d| d.trim() == digest)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(tagged
+        || oci::list_refs(home)?
+            .iter()
+            .any(|r| r.image_digest == digest))
+}
+
+/// Remove the tag or OCI reference `name`; the image's files go too when
+/// nothing else names them (returns whether they did). Machines already
+/// created keep their own disks. Blobs are collected separately (mvm-oci).
+pub fn remove(home: &MvmHome, name: &str) -> Result<bool, ImageError> {
+    let digest = if check_name(name).is_ok() {
+        let digest = read_tag(home, name)?;
+        fs_err::remove_file(tags_dir(home).join(name))?;
+        digest
+    } else {
+        match oci::remove_ref(home, name)? {
+            Some(r) => r.image_digest,
+            None => {
+                return Err(ImageError::NotFound {
+                    name: name.to_owned(),
+                });
             }
-            fs_err::rename(&dir, &doomed)?;
-            fs_err::remove_dir_all(&doomed)?;
+        }
+    };
+    if digest_in_use(home, &digest)? {
+        return Ok(false);
+    }
+    let dir = home.images_dir().join(&digest);
+    if dir.exists() {
+        // Rename first so a half-deleted directory is never taken for an image.
+        let doomed = home.images_dir().join(format!(".tmp-rm-{digest}"));
+        if doomed.exists() {
+            fs_err::remove_dir_all(&doomed)?; // left by an interrupted remove
+        }
+        fs_err::rename(&dir, &doomed)?;
+        fs_err::remove_dir_all(&doomed)?;
+    }
+    Ok(true)
+}
+
+/// Every OCI blob (`sha256:...`) an image in the store was made from; the
+/// blob cache keeps these and may drop the rest.
+pub fn referenced_blobs(home: &MvmHome) -> Result<std::collections::BTreeSet<String>, ImageError> {
+    let mut out = std::collections::BTreeSet::new();
+    let entries = match fs_err::read_dir(home.images_dir()) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        match read_manifest(&e.path()) {
+            Ok(m) => {
+                if let Some(o) = m.oci {
+                    out.extend(o.blobs().map(str::to_owned));
+                }
+            }
+            // Being built or removed: not an image.
+            Err(ImageError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Create a fresh writable ext4 disk of `size_mib` at `dest` holding the
-/// image's tree (label `mvm-root`, new UUID). `dest` is replaced.
+/// image's tree (label `mvm-root`, new UUID). `dest` is replaced. The disk
+/// is never smaller than the image's own root filesystem, nor has fewer
+/// inodes (see [`Image::min_disk_mib`]).
 pub fn create_machine_disk(image: &Image, dest: &Path, size_mib: u64) -> Result<(), ImageError> {
-    mkfs_ext4(&image.tree(), dest, size_mib)
+    let m = image.manifest()?;
+    mkfs_ext4(&image.tree(), dest, size_mib.max(m.rootfs_mib), m.inodes)
+}
+
+impl Image {
+    /// The smallest machine disk that holds this image's tree, MiB.
+    pub fn min_disk_mib(&self) -> Result<u64, ImageError> {
+        Ok(self.manifest()?.rootfs_mib)
+    }
 }
 
 /// One host tool mvm-image needs.
@@ -779,15 +1027,10 @@ pub struct ToolCheck {
 /// Check the host tools image builds use (for `mvm doctor` / `mvm setup`).
 pub fn host_tools() -> Vec<ToolCheck> {
     let mut out = Vec::new();
+    // Reading the ELF headers is enough (and cheap: this runs on every
+    // `mvm run`); the applets are listed when an image is built.
     let bb = match tree::host_busybox() {
-        Ok(b) => (
-            true,
-            format!(
-                "{} (static, {} applets)",
-                tree::HOST_BUSYBOX,
-                b.applets.len()
-            ),
-        ),
+        Ok(_) => (true, format!("{} (static)", tree::HOST_BUSYBOX)),
         Err(e) => (false, e.to_string()),
     };
     out.push(ToolCheck {
@@ -796,18 +1039,14 @@ pub fn host_tools() -> Vec<ToolCheck> {
         detail: bb.1,
         fix: "apt-get install -y busybox-static".into(),
     });
-    for (tool, package) in [
-        ("mkfs.ext4", "e2fsprogs"),
-        ("dpkg-deb", "dpkg"),
-        ("apt-get", "apt"),
-        ("apt-cache", "apt"),
-    ] {
-        let found = cmd::which(tool);
+    use mvm_core::tools::{APT_CACHE, APT_GET, DPKG_DEB, MKFS_EXT4};
+    for t in [MKFS_EXT4, DPKG_DEB, APT_GET, APT_CACHE] {
+        let found = t.find();
         out.push(ToolCheck {
-            tool: tool.into(),
+            tool: t.program.into(),
             ok: found.is_some(),
             detail: found.map_or_else(|| "not found".into(), |p| p.display().to_string()),
-            fix: format!("apt-get install -y {package}"),
+            fix: format!("apt-get install -y {}", t.package),
         });
     }
     out

@@ -65,18 +65,18 @@ pub enum TreeError {
     },
 }
 
-/// A static busybox and its applets.
+/// A static busybox. Its applets are listed only when asked
+/// ([`Busybox::applets`]): a cached image needs just the digest, and
+/// running `busybox --list-full` cost ~50 ms of every `mvm run`.
 #[derive(Debug, Clone)]
 pub struct Busybox {
     /// The binary.
     pub bytes: Vec<u8>,
     /// Its sha256, hex.
     pub sha256: String,
-    /// Applet paths, relative (`usr/bin/[`), sorted.
-    pub applets: Vec<String>,
 }
 
-/// Load the host's static busybox and list its applets.
+/// Load the host's static busybox.
 pub fn host_busybox() -> Result<Busybox, TreeError> {
     let path = Path::new(HOST_BUSYBOX);
     let bytes = fs_err::read(path).map_err(|e| TreeError::Busybox {
@@ -89,24 +89,31 @@ pub fn host_busybox() -> Result<Busybox, TreeError> {
             why,
         });
     }
-    let out = cmd::run(
-        path,
-        &["--list-full".as_ref()],
-        None,
-        Duration::from_secs(30),
-    )?;
-    let mut applets: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(|l| l.trim().trim_start_matches('/').to_owned())
-        .filter(|l| !l.is_empty() && l != "bin/busybox" && !l.contains(".."))
-        .collect();
-    applets.sort();
-    applets.dedup();
     Ok(Busybox {
         sha256: hex::encode(Sha256::digest(&bytes)),
         bytes,
-        applets,
     })
+}
+
+impl Busybox {
+    /// Applet paths, relative (`usr/bin/[`), sorted (`busybox
+    /// --list-full` of the host's busybox).
+    pub fn applets(&self) -> Result<Vec<String>, TreeError> {
+        let out = cmd::run(
+            Path::new(HOST_BUSYBOX),
+            &["--list-full".as_ref()],
+            None,
+            Duration::from_secs(30),
+        )?;
+        let mut applets: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.trim().trim_start_matches('/').to_owned())
+            .filter(|l| !l.is_empty() && l != "bin/busybox" && !l.contains(".."))
+            .collect();
+        applets.sort();
+        applets.dedup();
+        Ok(applets)
+    }
 }
 
 /// `Ok` for an x86_64 ELF with no `PT_INTERP` (static or static-pie).
@@ -162,11 +169,11 @@ pub fn add_agent_and_mountpoints(tree: &Path, agent: &[u8], as_init: bool) -> st
 
 /// Build the base tree (see the module docs) into the empty directory `tree`;
 /// modules are added separately.
-pub fn build_base(tree: &Path, agent: &[u8], busybox: &Busybox) -> std::io::Result<()> {
+pub fn build_base(tree: &Path, agent: &[u8], busybox: &Busybox) -> Result<(), TreeError> {
     fs_err::create_dir_all(tree)?;
     add_agent_and_mountpoints(tree, agent, true)?;
     write_file(&tree.join("bin/busybox"), &busybox.bytes, 0o755)?;
-    for applet in &busybox.applets {
+    for applet in &busybox.applets()? {
         let link = tree.join(applet);
         if link.symlink_metadata().is_ok() {
             continue;
@@ -304,6 +311,61 @@ pub fn walk(root: &Path) -> std::io::Result<BTreeMap<PathBuf, std::fs::Metadata>
     Ok(out)
 }
 
+/// What a tree takes, for sizing the ext4 that holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of regular files, each inode counted once.
+    pub bytes: u64,
+    /// Bytes of 4 KiB blocks the entries need (files rounded up, one
+    /// block per directory and per long symlink).
+    pub block_bytes: u64,
+    /// Entries (the root included).
+    pub entries: u64,
+}
+
+const BLOCK: u64 = 4096;
+const MIB: u64 = 1 << 20;
+/// mkfs.ext4's default bytes-per-inode ratio.
+const INODE_RATIO: u64 = 16384;
+
+impl Usage {
+    /// The size (MiB) of an ext4 that holds the tree with room to spare
+    /// (a quarter more, plus 96 MiB for the journal, metadata and the
+    /// reserved blocks), and an inode count for `mkfs.ext4 -N` when the
+    /// default ratio would give too few.
+    pub fn ext4_size(&self) -> (u64, Option<u64>) {
+        let inodes = self.entries + self.entries / 4 + 1024;
+        let bytes = self.block_bytes + self.block_bytes / 4 + inodes * 256 + 96 * MIB;
+        let mib = bytes.div_ceil(MIB);
+        let default_inodes = mib * MIB / INODE_RATIO;
+        (mib, (inodes > default_inodes).then_some(inodes))
+    }
+}
+
+/// Measure the tree at `root` (see [`Usage`]).
+pub fn usage(root: &Path) -> std::io::Result<Usage> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut u = Usage {
+        entries: 1,
+        block_bytes: BLOCK,
+        ..Usage::default()
+    };
+    for meta in walk(root)?.values() {
+        u.entries += 1;
+        let ft = meta.file_type();
+        if ft.is_file() {
+            if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            u.bytes += meta.len();
+            u.block_bytes += meta.len().div_ceil(BLOCK) * BLOCK;
+        } else if ft.is_dir() || (ft.is_symlink() && meta.len() > 59) {
+            u.block_bytes += BLOCK;
+        }
+    }
+    Ok(u)
+}
+
 /// A digest of a directory's content: paths, types, modes, file bytes and
 /// symlink targets (not owners or times).
 pub fn dir_digest(root: &Path) -> std::io::Result<String> {
@@ -413,6 +475,30 @@ mod tests {
         fs_err::create_dir_all(e.path().join("etc")).unwrap();
         fs_err::os::unix::fs::symlink(outside.path(), e.path().join("etc/mvm")).unwrap();
         assert!(confine(e.path()).is_err());
+    }
+
+    #[test]
+    fn usage_counts_hard_links_once_and_sizes_ext4() {
+        let d = tempfile::tempdir().unwrap();
+        write_file(&d.path().join("a/big"), &vec![1u8; 10_000], 0o644).unwrap();
+        fs_err::hard_link(d.path().join("a/big"), d.path().join("a/link")).unwrap();
+        fs_err::os::unix::fs::symlink("big", d.path().join("a/sym")).unwrap();
+        let u = usage(d.path()).unwrap();
+        assert_eq!(u.bytes, 10_000);
+        assert_eq!(u.entries, 5);
+        // root + a + 3 blocks of big
+        assert_eq!(u.block_bytes, 5 * 4096);
+        let (mib, inodes) = u.ext4_size();
+        assert!((96..200).contains(&mib), "{mib}");
+        assert_eq!(inodes, None);
+        // Many small files need more inodes than the default ratio gives.
+        let many = Usage {
+            bytes: 0,
+            block_bytes: 100_000 * 4096,
+            entries: 100_000,
+        };
+        let (mib, inodes) = many.ext4_size();
+        assert!(inodes.unwrap() > mib * MIB / INODE_RATIO);
     }
 
     #[test]

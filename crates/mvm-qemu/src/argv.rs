@@ -27,6 +27,18 @@
 //!   the machine), and `-incoming defer` for a restore (see
 //!   [`crate::snapshot`]).
 //!
+//! # Isolated VMMs
+//!
+//! With [`QemuArgs::fds`] set (a machine with `isolation`), QEMU opens no
+//! path of the instance directory itself: every file and socket is opened
+//! (or bound) by mvm as root and inherited as a descriptor — kernel and
+//! initramfs as `/proc/self/fd/N`, the console and drives through
+//! `-add-fd` fd sets (`/dev/fdset/S`), the QMP and agent sockets as
+//! listening sockets (`socket,fd=N`, QMP through `-mon`), the TAP as
+//! `tap,fd=N` — because QEMU starts as the machine's unprivileged uid.
+//! [`QemuArgs::sandbox`] adds [`SANDBOX`] (seccomp: no obsolete syscalls,
+//! no set*uid, no fork/exec, no scheduler or resource changes).
+//!
 //! # Escaping
 //!
 //! QEMU option values are comma-separated `key=value` lists; a literal
@@ -54,6 +66,46 @@ pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1"]
 /// Fixed TSC frequency for TCG guests: without it about one boot in six
 /// hangs at "tsc: Unable to calibrate against PIT" (ENVIRONMENT.md).
 pub const TCG_TSC_ARG: &str = "tsc_early_khz=2000000";
+
+/// The `-sandbox` value of an isolated VMM.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The fd set of the console (`/dev/fdset/1`).
+const CONSOLE_FDSET: u32 = 1;
+/// The fd set of drive `i` is `DRIVE_FDSET + i`.
+const DRIVE_FDSET: u32 = 10;
+
+/// Descriptor numbers an isolated QEMU inherits (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedFds {
+    /// The kernel, read-only.
+    pub kernel: i32,
+    /// The initramfs, read-only.
+    pub initrd: Option<i32>,
+    /// `console.log`, write-only.
+    pub console: i32,
+    /// The listening QMP socket.
+    pub qmp: i32,
+    /// The listening agent chardev socket.
+    pub guest: i32,
+    /// Per drive, in order, the descriptors of its fd set: read-only,
+    /// plus read-write for a writable drive (QEMU opens an image read-only
+    /// first, then with the drive's mode).
+    pub drives: Vec<Vec<i32>>,
+    /// The TAP, attached.
+    pub tap: Option<i32>,
+}
+
+impl PassedFds {
+    /// Every descriptor number.
+    pub fn all(&self) -> Vec<i32> {
+        let mut v = vec![self.kernel, self.console, self.qmp, self.guest];
+        v.extend(self.initrd);
+        v.extend(self.drives.iter().flatten());
+        v.extend(self.tap);
+        v
+    }
+}
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -181,6 +233,10 @@ pub struct QemuArgs {
     /// read-only and the guest's writes go to a throwaway copy-on-write
     /// layer (a temporary qcow2 file QEMU unlinks at once, in `$TMPDIR`).
     pub volatile: Vec<String>,
+    /// Run under [`SANDBOX`].
+    pub sandbox: bool,
+    /// Inherited descriptors instead of paths (isolated VMMs).
+    pub fds: Option<PassedFds>,
 }
 
 /// The kernel command line: backend parameters, then the spec's.
@@ -228,6 +284,8 @@ impl QemuArgs {
             memory: None,
             incoming: false,
             volatile: Vec::new(),
+            sandbox: spec.isolation.is_some(),
+            fds: None,
         }
     }
 
@@ -267,47 +325,86 @@ impl QemuArgs {
             });
         }
         a.pair("-smp", self.cpus.to_string());
+        if self.sandbox {
+            a.pair("-sandbox", SANDBOX);
+        }
+        let fds = self.fds.as_ref();
         // A restored guest's kernel, initramfs and command line are in the
         // snapshot's memory; loading them again would only slow QEMU's
         // start-up (~15 ms measured for the default image).
         if !self.incoming {
-            a.pair("-kernel", &self.kernel);
-            if let Some(initrd) = &self.initrd {
-                a.pair("-initrd", initrd);
+            match fds {
+                Some(f) => a.pair("-kernel", format!("/proc/self/fd/{}", f.kernel)),
+                None => a.pair("-kernel", &self.kernel),
+            }
+            match (fds.and_then(|f| f.initrd), &self.initrd) {
+                (Some(fd), _) => a.pair("-initrd", format!("/proc/self/fd/{fd}")),
+                (None, Some(initrd)) => a.pair("-initrd", initrd),
+                (None, None) => {}
             }
             a.pair("-append", &self.cmdline);
         }
 
         // Serial console into a file.
-        a.opts("-chardev", |o| {
-            o.push("file,id=con0,path=");
-            push_opt_path(o, self.console_log.as_os_str());
-        });
+        if let Some(f) = fds {
+            a.pair("-add-fd", format!("fd={},set={CONSOLE_FDSET}", f.console));
+            a.pair(
+                "-chardev",
+                format!("file,id=con0,path=/dev/fdset/{CONSOLE_FDSET}"),
+            );
+        } else {
+            a.opts("-chardev", |o| {
+                o.push("file,id=con0,path=");
+                push_opt_path(o, self.console_log.as_os_str());
+            });
+        }
         a.pair("-serial", "chardev:con0");
 
         // QMP first: it listens before QEMU blocks on the agent chardev.
-        a.opts("-qmp", |o| {
-            o.push("unix:");
-            push_opt_path(o, self.qmp_socket.as_os_str());
-            o.push(",server=on,wait=off");
-        });
+        if let Some(f) = fds {
+            a.pair(
+                "-chardev",
+                format!("socket,id=qmp0,fd={},server=on,wait=off", f.qmp),
+            );
+            a.pair("-mon", "chardev=qmp0,mode=control");
+        } else {
+            a.opts("-qmp", |o| {
+                o.push("unix:");
+                push_opt_path(o, self.qmp_socket.as_os_str());
+                o.push(",server=on,wait=off");
+            });
+        }
 
         // Guest agent channel.
         a.pair("-device", "virtio-serial-device");
-        a.opts("-chardev", |o| {
-            o.push("socket,id=agent0,path=");
-            push_opt_path(o, self.guest_socket.as_os_str());
-            o.push(",server=on,wait=on");
-        });
+        if let Some(f) = fds {
+            a.pair(
+                "-chardev",
+                format!("socket,id=agent0,fd={},server=on,wait=on", f.guest),
+            );
+        } else {
+            a.opts("-chardev", |o| {
+                o.push("socket,id=agent0,path=");
+                push_opt_path(o, self.guest_socket.as_os_str());
+                o.push(",server=on,wait=on");
+            });
+        }
         a.pair(
             "-device",
             format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
         );
 
-        for d in &self.drives {
+        for (i, d) in self.drives.iter().enumerate() {
+            let passed = fds.and_then(|f| f.drives.get(i));
+            for fd in passed.into_iter().flatten() {
+                a.pair("-add-fd", format!("fd={fd},set={}", DRIVE_FDSET + i as u32));
+            }
             a.opts("-drive", |o| {
                 o.push(format!("id={},file=", d.id));
-                push_opt_path(o, d.path.as_os_str());
+                match passed {
+                    Some(_) => o.push(format!("/dev/fdset/{}", DRIVE_FDSET + i as u32)),
+                    None => push_opt_path(o, d.path.as_os_str()),
+                }
                 o.push(format!(
                     ",format=raw,if=none,readonly={},cache=writeback",
                     on_off(d.read_only)
@@ -325,10 +422,13 @@ impl QemuArgs {
         match &self.net {
             None => {}
             Some(NetArgs::Tap { tap, mac }) => {
-                a.pair(
-                    "-netdev",
-                    format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
-                );
+                match fds.and_then(|f| f.tap) {
+                    Some(fd) => a.pair("-netdev", format!("tap,id=net0,fd={fd}")),
+                    None => a.pair(
+                        "-netdev",
+                        format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+                    ),
+                }
                 a.pair(
                     "-device",
                     format!("virtio-net-device,netdev=net0,mac={mac}"),
@@ -427,7 +527,40 @@ mod tests {
             }),
             vsock_cid: 3,
             transient: false,
+            isolation: None,
         }
+    }
+
+    #[test]
+    fn isolated_argv_uses_descriptors_and_the_sandbox() {
+        let dir = InstanceDir::new("/h/i/web");
+        let mut a = QemuArgs::from_spec(&spec(), &dir, Accel::Tcg, None);
+        a.sandbox = true;
+        a.fds = Some(PassedFds {
+            kernel: 10,
+            initrd: Some(11),
+            console: 12,
+            qmp: 13,
+            guest: 14,
+            drives: vec![vec![15], vec![16, 18]],
+            tap: Some(17),
+        });
+        let v = render(&a.to_argv()).join(" ");
+        for want in [
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-kernel /proc/self/fd/10",
+            "-initrd /proc/self/fd/11",
+            "-add-fd fd=12,set=1 -chardev file,id=con0,path=/dev/fdset/1",
+            "-chardev socket,id=qmp0,fd=13,server=on,wait=off -mon chardev=qmp0,mode=control",
+            "-chardev socket,id=agent0,fd=14,server=on,wait=on",
+            "-add-fd fd=15,set=10 -drive id=rootfs,file=/dev/fdset/10,",
+            "-add-fd fd=16,set=11 -add-fd fd=18,set=11 -drive id=disk,file=/dev/fdset/11,",
+            "-netdev tap,id=net0,fd=17",
+        ] {
+            assert!(v.contains(want), "{want} not in {v}");
+        }
+        assert!(!v.contains("/h/i/web"), "an instance path in {v}");
+        assert!(!v.contains("-qmp"), "{v}");
     }
 
     fn render(args: &[OsString]) -> Vec<String> {

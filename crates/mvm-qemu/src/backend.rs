@@ -21,6 +21,11 @@
 //!    the tails of `vmm.log` and `console.log`. If the launch future is
 //!    dropped half-way, the child is killed (tokio reaps it).
 //!
+//! An isolated machine (`spec.isolation`) runs as its own uid in its cgroup
+//! under `-sandbox`, with every file and socket handed over as a
+//! descriptor ([`crate::isolate`]); a failed launch releases its cgroup,
+//! and the caller's teardown calls [`mvm_jail::release`] once it exited.
+//!
 //! Control operations (pause, resume, shutdown request) each open a fresh
 //! QMP session with a 10 s deadline; the QMP monitor serves one client at
 //! a time, so concurrent callers queue.
@@ -43,10 +48,18 @@ use crate::qmp::{Qmp, QmpError, RunState, connect_unix_retry};
 
 /// The binary name looked up on `PATH`.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-/// Environment variable naming the QEMU binary explicitly.
-pub const QEMU_BIN_ENV: &str = "MVM_QEMU_BIN";
-/// Environment variable forcing the accelerator (`kvm` or `tcg`).
-pub const QEMU_ACCEL_ENV: &str = "MVM_QEMU_ACCEL";
+/// What the caller's settings say about QEMU (mvm reads them from its
+/// configuration: `qemu_bin`, `qemu_accel`, `MVM_QEMU_BIN`,
+/// `MVM_QEMU_ACCEL`); nothing is read from the environment here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// Use this binary instead of `qemu-system-x86_64` on `PATH`.
+    pub binary: Option<PathBuf>,
+    /// Force this accelerator instead of probing KVM.
+    pub accel: Option<Accel>,
+    /// Keep the version in this file, per binary (see [`crate::version`]).
+    pub version_cache: Option<PathBuf>,
+}
 
 /// How long a control operation (pause, resume, shutdown) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,28 +110,23 @@ impl std::fmt::Display for DoctorReport {
 }
 
 impl QemuBackend {
-    /// Find QEMU (`$MVM_QEMU_BIN`, else `qemu-system-x86_64` on `PATH`),
-    /// read its version and choose the accelerator: KVM when
-    /// [`kvm_usable`] says so, TCG otherwise (`$MVM_QEMU_ACCEL` overrides).
+    /// Find `qemu-system-x86_64` on `PATH`, read its version and choose
+    /// the accelerator: KVM when [`kvm_usable`] says so, TCG otherwise.
     pub fn detect() -> Result<Self, BackendError> {
-        Self::detect_with(binary_version)
+        Self::detect_with(&Discovery::default())
     }
 
-    /// [`QemuBackend::detect`] with the version from `version`.
-    pub(crate) fn detect_with(
-        version: impl FnOnce(&Path) -> Result<String, BackendError>,
-    ) -> Result<Self, BackendError> {
-        let binary = find_binary()?;
-        let version = version(&binary)?;
-        let (accel, accel_reason) = match std::env::var(QEMU_ACCEL_ENV).as_deref() {
-            Ok("kvm") => (Accel::Kvm, format!("forced by {QEMU_ACCEL_ENV}=kvm")),
-            Ok("tcg") => (Accel::Tcg, format!("forced by {QEMU_ACCEL_ENV}=tcg")),
-            Ok(other) if !other.is_empty() => {
-                return Err(err(format!(
-                    "{QEMU_ACCEL_ENV}={other:?} is not an accelerator (expected kvm or tcg)"
-                )));
-            }
-            _ => {
+    /// [`QemuBackend::detect`], with the binary and accelerator the
+    /// caller's settings name (when they do).
+    pub fn detect_with(d: &Discovery) -> Result<Self, BackendError> {
+        let binary = find_binary(d.binary.as_deref())?;
+        let version = match &d.version_cache {
+            Some(cache) => crate::version::cached_version(&binary, cache)?,
+            None => binary_version(&binary)?,
+        };
+        let (accel, accel_reason) = match d.accel {
+            Some(a) => (a, format!("forced by the configuration ({a})")),
+            None => {
                 let kvm = kvm_usable();
                 if kvm.usable {
                     (Accel::Kvm, kvm.reason)
@@ -230,27 +238,20 @@ impl QemuBackend {
     }
 }
 
-fn find_binary() -> Result<PathBuf, BackendError> {
-    if let Some(p) = std::env::var_os(QEMU_BIN_ENV).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
+fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, BackendError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_owned())
         } else {
             Err(err(format!(
-                "{QEMU_BIN_ENV}={} is not an executable file",
+                "the configured QEMU binary {} is not an executable file",
                 p.display()
             )))
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(QEMU_BINARY))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            err(format!(
-                "{QEMU_BINARY} not found on PATH (install qemu-system-x86, e.g. `apt-get install qemu-system-x86`, or set {QEMU_BIN_ENV})"
-            ))
-        })
+    mvm_core::tools::QEMU
+        .require()
+        .map_err(|e| err(e.to_string()))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -260,50 +261,18 @@ fn is_executable(p: &Path) -> bool {
 
 /// First line of `<binary> --version`, within [`VERSION_TIMEOUT`].
 pub(crate) fn binary_version(binary: &Path) -> Result<String, BackendError> {
-    use std::io::Read;
-    let mut child = std::process::Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| err(format!("cannot run {} --version", binary.display())).with_source(e))?;
-    // No event to wait on with a timeout in std: poll with bounded backoff.
-    let deadline = Instant::now() + VERSION_TIMEOUT;
-    let mut delay = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(50));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err(format!(
-                    "{} --version did not finish within {VERSION_TIMEOUT:?}",
-                    binary.display()
-                )));
-            }
-            Err(e) => {
-                return Err(
-                    err(format!("cannot wait for {} --version", binary.display())).with_source(e),
-                );
-            }
-        }
-    };
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if !status.success() {
-        return Err(err(format!(
-            "{} --version failed ({status})",
-            binary.display()
-        )));
-    }
-    Ok(out.lines().next().unwrap_or_default().trim().to_owned())
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--version").stdin(Stdio::null());
+    let out = mvm_core::tools::run(cmd, VERSION_TIMEOUT).map_err(|e| {
+        err(format!("cannot read the version of {}", binary.display())).with_source(e)
+    })?;
+    Ok(out
+        .stdout_text()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
 }
 
 /// Remove `path` if it is a socket nobody serves; fail if someone does.
@@ -393,7 +362,7 @@ impl QemuBackend {
         deadline: Instant,
     ) -> Result<RunningVmm, BackendError> {
         let args = self.args(spec, dir);
-        self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
+        self.launch_args(spec, args, dir, deadline, RunState::Running)
             .await
             .map(|(vmm, _qmp)| vmm)
     }
@@ -405,8 +374,8 @@ impl QemuBackend {
     /// session too (a restore goes on with it).
     pub(crate) async fn launch_args(
         &self,
-        args: &QemuArgs,
-        transient: bool,
+        spec: &VmSpec,
+        args: QemuArgs,
         dir: &InstanceDir,
         deadline: Instant,
         expect: RunState,
@@ -415,17 +384,42 @@ impl QemuBackend {
         clear_stale_socket(&dir.guest_socket())?;
         let log = fs_err::File::create(dir.vmm_log())
             .map_err(|e| err("cannot create the VMM log").with_source(e))?;
+        let mut args = args;
+        let opened = match &spec.isolation {
+            Some(iso) => {
+                let o = crate::isolate::open(spec, iso, &args)?;
+                args.fds = Some(o.passed.clone());
+                Some(o)
+            }
+            None => None,
+        };
         let argv = args.to_argv();
         tracing::debug!(binary = %self.binary.display(), ?argv, "spawning QEMU");
+        // An isolated child sets its own death signal, after its uid switch.
+        let transient = spec.transient && opened.is_none();
         let child = self
             .command(argv, log.into_parts().0, transient)
             .and_then(|mut c| {
+                if let Some(o) = &opened {
+                    o.prepare(&mut c, spec.transient);
+                }
                 // Temporary files (the layer of `snapshot=on` drives) go
                 // with the machine's other files.
                 c.env("TMPDIR", dir.root());
                 c.spawn()
             })
-            .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e))?;
+            .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e));
+        // Close our copies: the sockets must be served by QEMU alone.
+        drop(opened);
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(iso) = &spec.isolation {
+                    let _ = mvm_jail::release(dir, Some(iso));
+                }
+                return Err(e);
+            }
+        };
         let mut guard = ChildGuard(Some(child));
         let started = Instant::now();
 
@@ -461,7 +455,7 @@ impl QemuBackend {
                     tracing::debug!(elapsed = ?started.elapsed(), "QEMU running, QMP ready");
                     return Ok((
                         RunningVmm {
-                            child: guard.disarm(),
+                            child: guard.disarm().into(),
                             guest: Some(guest),
                         },
                         qmp,
@@ -475,6 +469,9 @@ impl QemuBackend {
                     Err(e) => err("cannot wait for QEMU").with_source(e),
                 };
                 guard.kill().await;
+                if let Some(iso) = &spec.isolation {
+                    let _ = mvm_jail::release(dir, Some(iso));
+                }
                 return Err(e.with_logs(dir));
             }
         };
@@ -488,6 +485,9 @@ impl QemuBackend {
             }
         }
         guard.kill().await;
+        if let Some(iso) = &spec.isolation {
+            let _ = mvm_jail::release(dir, Some(iso));
+        }
         Err(e.with_logs(dir))
     }
 }

@@ -1,6 +1,8 @@
 //! The QEMU `microvm` backend of mvm.
 //!
 //! - [`argv`]: the typed QEMU command line (never a shell).
+//! - [`isolate`]: launching QEMU as the machine's uid, with inherited
+//!   descriptors, in its cgroup, under `-sandbox`.
 //! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
 //! - [`snapshot`]: snapshot/restore through QEMU's migration (file-backed
 //!   guest RAM mapped privately by clones).
@@ -19,10 +21,11 @@
 
 pub mod argv;
 pub mod backend;
+pub mod isolate;
 pub mod qmp;
 pub mod snapshot;
 pub mod version;
 
 pub use argv::{Accel, FwdProto, HostForward, MemoryFileArgs, NetArgs, QemuArgs};
-pub use backend::{DoctorReport, QemuBackend};
+pub use backend::{Discovery, DoctorReport, QemuBackend};
 pub use qmp::{Qmp, QmpError, RunState, StatusInfo};

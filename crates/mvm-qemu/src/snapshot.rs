@@ -261,7 +261,7 @@ impl QemuBackend {
                 share: true,
             });
         }
-        self.launch_args(&args, spec.transient, dir, deadline, RunState::Running)
+        self.launch_args(spec, args, dir, deadline, RunState::Running)
             .await
             .map(|(vmm, _qmp)| vmm)
     }
@@ -470,7 +470,7 @@ impl QemuBackend {
             });
         }
         let (vmm, qmp) = self
-            .launch_args(&args, spec.transient, dir, deadline, RunState::Inmigrate)
+            .launch_args(spec, args, dir, deadline, RunState::Inmigrate)
             .await?;
         let spawn_ms = ms(t0.elapsed());
         let mut guard = Guard(Some(vmm));

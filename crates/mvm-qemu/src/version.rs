@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use mvm_core::backend::BackendError;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::QemuBackend;
-
 /// What identifies one build of the binary on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct BinaryId {
@@ -71,13 +69,6 @@ pub fn cached_version(binary: &Path, cache: &Path) -> Result<String, BackendErro
         }
     }
     Ok(version)
-}
-
-impl QemuBackend {
-    /// [`QemuBackend::detect`], with the version from [`cached_version`].
-    pub fn detect_cached(cache: &Path) -> Result<Self, BackendError> {
-        Self::detect_with(|binary| cached_version(binary, cache))
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! Tests that need something absent print `SKIPPED: <reason>` and return.
 
 mod boot;
+mod isolated;
 mod launch;
 mod qmp;
 mod snapshot;

@@ -45,6 +45,7 @@ pub fn spec(kernel: &Path, initrd: Option<&Path>) -> VmSpec {
         net: None,
         vsock_cid: 3,
         transient: true,
+        isolation: None,
     }
 }
 

@@ -23,8 +23,8 @@
 //! figures: docs/decisions.md).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -144,40 +144,13 @@ pub fn qcow2_overlay(backing: &Path, dst: &Path) -> Result<(), CowError> {
         dst: dst.to_owned(),
         detail,
     };
-    let mut child = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    let mut cmd = mvm_core::tools::QEMU_IMG
+        .command()
+        .map_err(|e| fail(e.to_string()))?;
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(backing)
-        .arg(dst)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run qemu-img (install qemu-utils): {e}")))?;
-    // No wait-with-timeout in std: poll with a bounded backoff.
-    let deadline = Instant::now() + QEMU_IMG_TIMEOUT;
-    let mut delay = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(50));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!("no answer within {QEMU_IMG_TIMEOUT:?}")));
-            }
-            Err(e) => return Err(fail(e.to_string())),
-        }
-    };
-    if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        return Err(fail(format!("{status}: {}", err.trim())));
-    }
+        .arg(dst);
+    mvm_core::tools::run(cmd, QEMU_IMG_TIMEOUT).map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
 

@@ -86,6 +86,7 @@ pub fn spec(img: &Image, name: &str, memory_mib: u32) -> VmSpec {
         net: None,
         vsock_cid: 3,
         transient: true,
+        isolation: None,
     }
 }
 

@@ -13,8 +13,9 @@
 //! `cargo bench -p mvm-term --bench keystroke`
 //!
 //! Against a real guest (QEMU/TCG or Firecracker, agent reached through the
-//! supervisor's multiplexer) this is measured in phase 2 with the same code,
-//! by pointing it at a machine's `agent.sock` (`MVM_BENCH_AGENT_SOCKET`).
+//! supervisor's multiplexer): point it at a machine's `agent.sock`
+//! (`MVM_BENCH_AGENT_SOCKET`). The whole user path — a terminal, the `mvm`
+//! binary, `exec -it` — is measured by `scripts/bench 1 keystroke`.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;

@@ -58,6 +58,7 @@ pub fn login_shell_request(opts: &ShellOptions) -> ExecRequest {
         stdin: true,
         timeout_ms: None,
         tty: None,
+        user: None,
     }
 }
 

@@ -166,6 +166,9 @@ pub async fn run_tty(
         })
     });
 
+    // The last byte drawn, to end a half-written line before mvm's own
+    // message when the session is cut short.
+    let mut last = None;
     let result = loop {
         tokio::select! {
             ev = session.next_event() => match ev {
@@ -173,6 +176,7 @@ pub async fn run_tty(
                     if let Err(e) = term.output.write_all(&b).and_then(|()| term.output.flush()) {
                         break Err(TermError::Output(e));
                     }
+                    last = b.last().copied().or(last);
                 }
                 Ok(Some(ExecEvent::Exit(st))) => break Ok(TtyOutcome::Exited(st)),
                 Ok(None) => break Err(TermError::NoExit),
@@ -192,6 +196,16 @@ pub async fn run_tty(
     };
     if let Some(t) = typing {
         t.abort();
+    }
+    let cut_short = !matches!(
+        result,
+        Ok(TtyOutcome::Exited(_)) | Err(TermError::Output(_))
+    );
+    if cut_short && last.is_some_and(|b| b != b'\n') {
+        let _ = term
+            .output
+            .write_all(b"\r\n")
+            .and_then(|()| term.output.flush());
     }
     drop(input);
     // Not exited: this sends `Cancel`; make sure it leaves before we return

@@ -108,11 +108,8 @@ pub struct Tmux {
 impl Tmux {
     pub fn start() -> Tmux {
         let dir = tempfile::tempdir().unwrap();
-        let socket = format!(
-            "mvm-term-test-{}-{}",
-            std::process::id(),
-            dir.path().file_name().unwrap().to_string_lossy()
-        );
+        // In the test's own directory: private, and gone with it.
+        let socket = dir.path().join("tmux.sock").display().to_string();
         let t = Tmux { socket, dir };
         t.run(&[
             "new-session",
@@ -133,7 +130,7 @@ impl Tmux {
 
     pub fn run(&self, args: &[&str]) -> String {
         let o = Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(["-S", &self.socket, "-f", "/dev/null"])
             .args(args)
             .output()
             .unwrap();
@@ -215,7 +212,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .args(["-S", &self.socket, "kill-server"])
             .output();
     }
 }

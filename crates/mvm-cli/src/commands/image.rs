@@ -1,15 +1,19 @@
-//! `mvm image ls|build|rm`, and building the default image on first use.
+//! `mvm image ls|build|pull|import|inspect|rm`, and building the default
+//! image on first use.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use mvm_runtime::Runtime;
 
 use crate::cli::ImageCommand;
 use crate::commands::runtime;
-use crate::progress::Bars;
+use crate::progress::{Bars, LayerBars};
 
-/// The image `name`, building the default image on first use.
+/// The image `name` (a tag or an OCI reference), building the default
+/// image on first use.
 pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::Image> {
     if name == "default" {
         let bars = Bars::new(quiet);
@@ -25,10 +29,19 @@ pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::
         )?;
         return Ok(image);
     }
-    match mvm_image::get(rt.home(), name) {
-        Ok(i) => Ok(i),
-        Err(e) => bail!("{e}; build it with `mvm image build {name} --from-dir DIR`"),
+    match mvm_oci::find(rt.home(), name)? {
+        Some(i) => Ok(i),
+        None if looks_like_reference(name) => {
+            bail!("no image {name:?}; pull it with `mvm image pull {name}`")
+        }
+        None => bail!(
+            "no image named {name:?} (see `mvm image ls`); build it with `mvm image build {name} --from-dir DIR` or pull it with `mvm image pull {name}`"
+        ),
     }
+}
+
+fn looks_like_reference(name: &str) -> bool {
+    name.contains(['/', ':', '@'])
 }
 
 /// The kernel the configuration asks for.
@@ -36,6 +49,34 @@ pub fn kernel_source(rt: &Runtime) -> mvm_image::KernelSource {
     match &rt.config().kernel {
         Some(p) => mvm_image::KernelSource::Path(p.clone()),
         None => mvm_image::KernelSource::Debian,
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Run `fut`; the first SIGINT/SIGTERM cancels `token` and the future is
+/// awaited to its (prompt) end, so temporary files are cleaned up.
+async fn interruptible<T>(
+    fut: impl std::future::Future<Output = T>,
+    token: &mvm_oci::CancellationToken,
+) -> T {
+    tokio::pin!(fut);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                token.cancel();
+            }
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } }, if !interrupted => {
+                interrupted = true;
+                token.cancel();
+            }
+        }
     }
 }
 
@@ -51,20 +92,20 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{:<20} {:<14} {:<8} {:>10}  CREATED",
-                    "NAME", "DIGEST", "KIND", "SIZE"
+                    "{:<40} {:<19} {:<14} {:>10}  CREATED",
+                    "NAME", "DIGEST", "SOURCE", "SIZE"
                 )?;
                 for i in images {
-                    let kind = match i.kind {
-                        mvm_image::ImageKind::Default => "default",
-                        mvm_image::ImageKind::Custom => "custom",
+                    let digest = match &i.manifest_digest {
+                        Some(m) => m.trim_start_matches("sha256:").get(..12).unwrap_or(m),
+                        None => &i.digest[..12.min(i.digest.len())],
                     };
                     writeln!(
                         out,
-                        "{:<20} {:<14} {:<8} {:>8}MB  {}",
+                        "{:<40} sha256:{:<12} {:<14} {:>8}MB  {}",
                         i.name,
-                        &i.digest[..12.min(i.digest.len())],
-                        kind,
+                        digest,
+                        i.source,
                         i.disk_bytes / 1_000_000,
                         i.created
                     )?;
@@ -99,8 +140,160 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             Ok(0)
         }
         ImageCommand::Rm { name } => {
-            mvm_image::remove(rt.home(), &name)?;
+            let r = mvm_oci::remove(rt.home(), &name)?;
             println!("{name}");
+            if !quiet {
+                match r.gc {
+                    Some(g) if g.blobs + g.partials > 0 => eprintln!(
+                        "mvm: removed {} unused blob(s), {} freed",
+                        g.blobs + g.partials,
+                        mb(g.bytes)
+                    ),
+                    Some(_) => {}
+                    None => eprintln!(
+                        "mvm: a pull or import is running; unused blobs are collected by a later `mvm image rm`"
+                    ),
+                }
+            }
+            Ok(0)
+        }
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            username,
+            password_stdin,
+        } => {
+            mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
+            let credentials = match (username, password_stdin) {
+                (Some(username), true) => {
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut password)
+                        .context("reading the password from stdin")?;
+                    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+                    if password.is_empty() {
+                        bail!("--password-stdin: standard input was empty");
+                    }
+                    Some(mvm_oci::Credentials { username, password })
+                }
+                _ => None,
+            };
+            let opts = mvm_oci::PullOptions {
+                insecure,
+                credentials,
+                kernel: kernel_source(&rt),
+                ..mvm_oci::PullOptions::default()
+            };
+            let bars = Arc::new(LayerBars::new(quiet));
+            let token = mvm_oci::CancellationToken::new();
+            let r = interruptible(
+                mvm_oci::pull(rt.home(), &reference, &opts, bars.clone(), token.clone()),
+                &token,
+            )
+            .await;
+            bars.finish();
+            let r = r?;
+            if !quiet {
+                eprintln!(
+                    "mvm: pulled {} ({}): {} layer(s), {} downloaded ({}{}), {} from the cache; {} in {:.1} s",
+                    r.reference,
+                    r.manifest_digest,
+                    r.layers,
+                    r.layers_downloaded,
+                    mb(r.downloaded_bytes),
+                    if r.resumed_bytes > 0 {
+                        format!(", resumed after {}", mb(r.resumed_bytes))
+                    } else {
+                        String::new()
+                    },
+                    mb(r.cached_bytes),
+                    if r.unpacked.is_some() {
+                        "converted"
+                    } else {
+                        "already converted"
+                    },
+                    (r.download_time + r.convert_time).as_secs_f64()
+                );
+            }
+            println!("{}", r.reference);
+            Ok(0)
+        }
+        ImageCommand::Import { path, name } => {
+            mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
+            let bars = Arc::new(LayerBars::new(quiet));
+            let token = mvm_oci::CancellationToken::new();
+            let flag = Arc::new(AtomicBool::new(false));
+            let (home, kernel, b, f) = (
+                rt.home().clone(),
+                kernel_source(&rt),
+                bars.clone(),
+                flag.clone(),
+            );
+            let job = tokio::task::spawn_blocking(move || {
+                mvm_oci::import(&home, &path, name.as_deref(), &kernel, &*b, f)
+            });
+            let watch = {
+                let (t, f) = (token.clone(), flag.clone());
+                tokio::spawn(async move {
+                    t.cancelled().await;
+                    f.store(true, Ordering::Relaxed);
+                })
+            };
+            let r = interruptible(job, &token).await;
+            watch.abort();
+            bars.finish();
+            let r = r.context("the import task failed")?;
+            let r = match r {
+                Err(_) if flag.load(Ordering::Relaxed) => {
+                    bail!("import interrupted; nothing was added")
+                }
+                r => r?,
+            };
+            if !quiet {
+                eprintln!(
+                    "mvm: imported {} ({}, {}): {} layer(s), {} in {:.1} s",
+                    r.reference,
+                    r.source.as_str(),
+                    r.manifest_digest,
+                    r.layers,
+                    if r.unpacked.is_some() {
+                        "converted"
+                    } else {
+                        "already converted"
+                    },
+                    r.time.as_secs_f64()
+                );
+            }
+            println!("{}", r.reference);
+            Ok(0)
+        }
+        ImageCommand::Inspect { name, json: _ } => {
+            let Some(image) = mvm_oci::find(rt.home(), &name)? else {
+                bail!("no image {name:?} (see `mvm image ls`)");
+            };
+            let m = image.manifest()?;
+            let reference = mvm_image::oci::read_ref(rt.home(), &image.name)?;
+            let doc = serde_json::json!({
+                "name": image.name,
+                "digest": image.digest,
+                "kind": m.kind,
+                "source": reference.as_ref().map_or("built", |r| r.source.as_str()),
+                "reference": reference.as_ref().map(|r| &r.reference),
+                "manifest_digest": reference.as_ref().map(|r| &r.manifest_digest),
+                "index_digest": reference.as_ref().and_then(|r| r.index_digest.as_ref()),
+                "imported_from": reference.as_ref().and_then(|r| r.imported_from.as_ref()),
+                "created": reference.as_ref().map_or(&m.created, |r| &r.created),
+                "config": m.oci.as_ref().map(|o| &o.config),
+                "config_digest": m.oci.as_ref().map(|o| &o.config_digest),
+                "layers": m.oci.as_ref().map(|o| &o.layers),
+                "unpacked_bytes": m.oci.as_ref().map(|o| o.unpacked_bytes),
+                "rootfs_mib": m.rootfs_mib,
+                "kernel_release": m.kernel_release,
+                "dir": image.dir,
+            });
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
             Ok(0)
         }
     }

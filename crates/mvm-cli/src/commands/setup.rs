@@ -45,7 +45,7 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
     }
     let sel = select(a.backend.into(), &config, rt.home());
     if sel.kind == BackendKind::Qemu {
-        mvm_qemu::QemuBackend::detect()?;
+        mvm_runtime::resources::backend::qemu(&config)?;
     }
     let image = crate::commands::image::ensure(&rt, "default", quiet).await?;
     eprintln!(

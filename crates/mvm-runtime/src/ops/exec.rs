@@ -93,7 +93,9 @@ pub enum ExecOutcome {
     TimedOut,
     /// The command could not be started (not found / not executable).
     NotStarted(i32),
-    /// Interrupted by Ctrl-C on the host.
+    /// Interrupted by Ctrl-C (SIGINT) on the host. SIGTERM and SIGHUP to a
+    /// transient exec end it as [`ExecOutcome::Signaled`] with their
+    /// number (128 + N, as a terminal session does).
     Interrupted,
 }
 
@@ -178,6 +180,8 @@ async fn run_on(
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
         tty: None,
+        // Protocol 2 (exec --user, image User): wired in by the OCI phase 2.
+        user: None,
     };
     if opts.tty {
         return run_tty(client, name, req).await;
@@ -410,6 +414,7 @@ pub async fn exec_transient(
     tokio::pin!(supervise);
     tokio::pin!(drive);
     let mut sup_result = None;
+    let mut interrupted = false;
     let result = tokio::select! {
         r = &mut drive => r,
         r = &mut supervise => {
@@ -423,7 +428,10 @@ pub async fn exec_transient(
             sup_result = Some(r);
             Err(e)
         },
-        _ = interrupt.recv() => Ok(ExecOutcome::Interrupted),
+        o = interrupt.recv() => {
+            interrupted = true;
+            Ok(o)
+        }
     };
     let td = Instant::now();
     tracing::debug!("command done");
@@ -434,7 +442,7 @@ pub async fn exec_transient(
         let write_back = crate::resources::drives::mounts(&dir)
             .map(|m| m.iter().any(|m| m.host_dir.is_some() && !m.read_only))
             .unwrap_or(false);
-        let timeout = if write_back && !matches!(result, Ok(ExecOutcome::Interrupted)) {
+        let timeout = if write_back && !interrupted {
             crate::supervisor::DEFAULT_STOP_TIMEOUT
         } else {
             Duration::ZERO
@@ -493,11 +501,13 @@ impl Interrupts {
         })
     }
 
-    pub(crate) async fn recv(&mut self) {
+    /// The next of them, as the outcome of the exec it ends.
+    pub(crate) async fn recv(&mut self) -> ExecOutcome {
+        use rustix::process::Signal;
         tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-            _ = self.hup.recv() => {}
+            _ = self.int.recv() => ExecOutcome::Interrupted,
+            _ = self.term.recv() => ExecOutcome::Signaled(Signal::TERM.as_raw()),
+            _ = self.hup.recv() => ExecOutcome::Signaled(Signal::HUP.as_raw()),
         }
     }
 }

@@ -69,6 +69,29 @@ pub fn select(choice: BackendChoice, config: &Config, home: &MvmHome) -> Selecti
     }
 }
 
+/// The QEMU backend as the settings describe it (`qemu_bin`,
+/// `qemu_accel`).
+pub fn qemu(config: &Config) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
+    qemu_cached(config, None)
+}
+
+/// [`qemu`], with its version cached under `home` (see `mvm_qemu::version`:
+/// asking QEMU costs more than restoring a clone).
+fn qemu_cached(
+    config: &Config,
+    home: Option<&MvmHome>,
+) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
+    use mvm_core::config::QemuAccel;
+    Ok(mvm_qemu::QemuBackend::detect_with(&mvm_qemu::Discovery {
+        binary: config.qemu_bin.clone(),
+        accel: config.qemu_accel.map(|a| match a {
+            QemuAccel::Kvm => mvm_qemu::Accel::Kvm,
+            QemuAccel::Tcg => mvm_qemu::Accel::Tcg,
+        }),
+        version_cache: home.map(|h| h.cache_dir().join("qemu-version.json")),
+    })?)
+}
+
 /// Where the firecracker binary is, if anywhere.
 pub fn firecracker_binary(config: &Config, home: &MvmHome) -> Option<PathBuf> {
     mvm_firecracker::install::find_binary(config, home).ok()
@@ -78,9 +101,7 @@ impl AnyBackend {
     /// Instantiate the backend of `kind`.
     pub fn open(kind: BackendKind, config: &Config, home: &MvmHome) -> Result<Self, RuntimeError> {
         match kind {
-            BackendKind::Qemu => Ok(Self::Qemu(mvm_qemu::QemuBackend::detect_cached(
-                &home.cache_dir().join("qemu-version.json"),
-            )?)),
+            BackendKind::Qemu => Ok(Self::Qemu(qemu_cached(config, Some(home))?)),
             BackendKind::Firecracker => {
                 let bin =
                     firecracker_binary(config, home).ok_or_else(|| RuntimeError::Missing {

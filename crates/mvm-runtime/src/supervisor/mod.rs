@@ -154,7 +154,7 @@ struct Supervisor<'a> {
 #[derive(Default)]
 struct Held {
     network: Option<network::MachineNetwork>,
-    child: Option<tokio::process::Child>,
+    child: Option<mvm_core::vmm_child::VmmChild>,
 }
 
 /// Run the owner of machine `name`, whose record is `Starting` and whose

@@ -70,5 +70,6 @@ pub fn for_record(rt: &Runtime, rec: &InstanceRecord) -> Result<VmSpec, RuntimeE
         vsock_cid: rec.vsock_cid.unwrap_or(3),
         // Every VMM dies with its supervisor (its owner), persistent or not.
         transient: true,
+        isolation: None,
     })
 }

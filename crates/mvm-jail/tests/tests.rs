@@ -1,0 +1,4 @@
+//! Integration tests of mvm-jail against the host's real cgroups and
+//! mounts (root only; SKIPPED otherwise).
+
+mod real;
