@@ -84,6 +84,8 @@ pub enum Command {
     Pause(NameArg),
     /// Resume a paused machine.
     Resume(NameArg),
+    /// Change a machine's settings (its egress policy), live when it runs.
+    Update(UpdateArgs),
     /// Remove leftovers no registered machine owns.
     Gc,
     /// Manage named volumes.
@@ -318,6 +320,11 @@ pub struct RunArgs {
     /// Network mode.
     #[arg(long, value_enum)]
     pub network: Option<NetworkArg>,
+    /// What the machine may reach: allow-all, deny-all or
+    /// allow=SPEC[,SPEC...] (SPEC: IP, CIDR or host name, optionally
+    /// :PORT or :PORT/udp); repeat to add up. Default from the config.
+    #[arg(long, value_name = "POLICY")]
+    pub egress: Vec<String>,
     /// Backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
@@ -401,6 +408,17 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// `mvm update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Machine name.
+    pub name: String,
+    /// The new egress policy (as `mvm run --egress`; repeat to add up).
+    /// A running machine enforces it at once, atomically.
+    #[arg(long, value_name = "POLICY", required = true)]
+    pub egress: Vec<String>,
+}
+
 /// `mvm logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -453,6 +471,9 @@ pub struct ExecArgs {
     /// Backend of the transient machine.
     #[arg(long, value_enum, conflicts_with = "name")]
     pub backend: Option<BackendArg>,
+    /// What the transient machine may reach (as `mvm run --egress`).
+    #[arg(long, value_name = "POLICY", conflicts_with = "name")]
+    pub egress: Vec<String>,
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,

@@ -122,8 +122,35 @@ fn nat_ports_isolation_and_cleanup() {
         names: vec![a.clone(), b.clone(), n.clone()],
     };
 
-    ns.mvm_ok(home, &["run", "--name", &a, "-p", "18080:8080"]);
-    ns.mvm_ok(home, &["run", "--name", &b]);
+    // Machines reach each other and the host's services only when their
+    // egress policy names them by address (even under allow-all; see
+    // e2e_egress for the policies themselves).
+    ns.mvm_ok(
+        home,
+        &[
+            "run",
+            "--name",
+            &a,
+            "-p",
+            "18080:8080",
+            "--egress",
+            "allow-all",
+            "--egress",
+            "allow=172.16.0.0/24,172.16.0.1:19999",
+        ],
+    );
+    ns.mvm_ok(
+        home,
+        &[
+            "run",
+            "--name",
+            &b,
+            "--egress",
+            "allow-all",
+            "--egress",
+            "allow=172.16.0.0/24",
+        ],
+    );
     ns.mvm_ok(home, &["run", "--name", &n, "--network", "none"]);
 
     // Distinct addresses from the subnet.
@@ -199,6 +226,13 @@ fn nat_ports_isolation_and_cleanup() {
     assert!(wait_until(Duration::from_secs(15), || !ns
         .run(&["ip", "-o", "link"])
         .contains(&tap_b)));
+    // The TAP goes first; the supervisor then releases the rest and
+    // records the stop.
+    assert!(wait_until(Duration::from_secs(15), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&ns.mvm_ok(home, &["inspect", &b])).unwrap();
+        v["status"] == "stopped"
+    }));
     ns.mvm_ok(home, &["gc"]);
     // Its address is free again (a stopped machine holds none) ...
     let inspect: serde_json::Value =

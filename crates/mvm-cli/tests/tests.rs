@@ -6,6 +6,7 @@ mod cli_basics;
 mod common;
 mod completion;
 mod e2e_data;
+mod e2e_egress;
 mod e2e_faults;
 mod e2e_firecracker;
 mod e2e_lifecycle;

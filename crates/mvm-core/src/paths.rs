@@ -192,6 +192,12 @@ impl InstanceDir {
     pub fn vmm_pidfile(&self) -> PathBuf {
         self.root.join("vmm.pid")
     }
+    /// What the supervisor enforces of the machine's egress policy now
+    /// (applied policy, resolved names, DNS refusals; JSON, written
+    /// atomically by the supervisor, removed by the teardown).
+    pub fn egress_state(&self) -> PathBuf {
+        self.root.join("egress.json")
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ struct Shared {
     upstreams: Vec<SocketAddr>,
     refused: AtomicU64,
     forwarded: AtomicU64,
+    /// Signalled on every refusal (see [`DnsFilterHandle::refusal`]).
+    refusal: tokio::sync::Notify,
 }
 
 /// A handle on a running [`DnsFilter`]: change its policy (`mvm update`),
@@ -111,6 +113,13 @@ impl DnsFilterHandle {
     /// Queries forwarded so far.
     pub fn forwarded(&self) -> u64 {
         self.0.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Completes after the next refusal (or at once when there was one
+    /// since the last call), so an owner can publish the count without
+    /// polling.
+    pub async fn refusal(&self) {
+        self.0.refusal.notified().await;
     }
 }
 
@@ -156,6 +165,7 @@ impl DnsFilter {
                             upstreams,
                             refused: AtomicU64::new(0),
                             forwarded: AtomicU64::new(0),
+                            refusal: tokio::sync::Notify::new(),
                         }),
                     });
                 }
@@ -262,6 +272,7 @@ async fn answer(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         .allows_name(&name);
     if !allowed {
         shared.refused.fetch_add(1, Ordering::Relaxed);
+        shared.refusal.notify_one();
         tracing::debug!("DNS filter: refused {name} for {}", shared.client);
         return reply(ResponseCode::Refused);
     }
@@ -483,6 +494,7 @@ mod tests {
             upstreams: vec!["127.0.0.1:9".parse().unwrap()],
             refused: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            refusal: tokio::sync::Notify::new(),
         }
     }
 

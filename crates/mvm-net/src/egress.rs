@@ -49,11 +49,19 @@
 //! is checked against the policy, not just the first of a connection, so a
 //! policy change cuts existing connections too.
 //!
-//! Each table is self-contained and is only ever replaced as a whole,
-//! inside one `nft -f` transaction: [`apply`] (first policy, or `mvm
-//! update`) is atomic, and [`release`] (`add table; delete table` for both)
-//! is atomic and idempotent and needs only the TAP name. The `refused`
-//! counters are carried over when a policy is replaced.
+//! Each table is self-contained, and every change is one `nft -f`
+//! transaction. [`apply`] creates a machine's tables whole the first time,
+//! and afterwards (`mvm update`, re-resolved names) changes them **in
+//! place**: it reads the tables (`nft -j list table`) and adds or deletes
+//! only the set elements, rules, sets and chains that differ. Every rule
+//! carries its identity as its comment (`mvm:<hash of its text>`), so a
+//! rule both policies share is recognised and never touched, and new rules
+//! are placed by handle. Deleting and re-creating the tables in one
+//! transaction was atomic too, yet under a connection loop about one run
+//! in four of 20 replacements saw an allowed handshake refused (0 in 1500
+//! in-place updates). The counters stay with the tables. [`release`] (`add
+//! table; delete table` for both) is atomic and idempotent and needs only
+//! the TAP name.
 //!
 //! Machine-to-machine traffic is stateless: a ping from A to B works only
 //! when both A's and B's policies name the other (e.g. both
@@ -82,8 +90,9 @@ use crate::nat::{self, NatError};
 /// Prefix of both tables of a machine: `mvm-eg-<TAP>`.
 pub const TABLE_PREFIX: &str = "mvm-eg-";
 
-/// The program that talks to nftables.
-pub const NFT: &str = "nft";
+/// The program that talks to nftables (named once, in
+/// [`mvm_core::tools::NFT`]).
+pub const NFT: &str = mvm_core::tools::NFT.program;
 
 /// Ranges no packet from a machine reaches unless a rule names an address
 /// inside them (the machine subnet is added per machine). 169.254.0.0/16
@@ -135,9 +144,14 @@ pub struct Nft {
 }
 
 impl Default for Nft {
+    /// `nft` as [`mvm_core::tools::NFT`] finds it (`PATH`, then the sbin
+    /// directories a service's `PATH` may lack); the bare name when it is
+    /// not installed (running it then reports the package to install).
     fn default() -> Self {
         Self {
-            program: NFT.into(),
+            program: mvm_core::tools::NFT
+                .find()
+                .map_or_else(|| NFT.into(), |p| p.display().to_string()),
         }
     }
 }
@@ -200,6 +214,13 @@ impl Nft {
             })?;
         Ok(Some(out.nftables))
     }
+
+    /// What table `family name` holds, or `None` when it does not exist.
+    fn existing(&self, family: &str, name: &str) -> Result<Option<Existing>, EgressError> {
+        Ok(self
+            .json(&["list", "table", family, name])?
+            .map(Existing::from_objects))
+    }
 }
 
 // ---- what `nft -j list ...` prints (only the parts read here) ----
@@ -214,6 +235,21 @@ struct NftObject {
     table: Option<NftTable>,
     counter: Option<NftCounter>,
     set: Option<NftSet>,
+    chain: Option<NftChain>,
+    rule: Option<NftRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NftChain {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct NftRule {
+    chain: String,
+    handle: u64,
+    #[serde(default)]
+    comment: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,44 +425,75 @@ impl Groups {
         }
     }
 
-    fn sets(&self, out: &mut String, prefix: &str) {
+    /// The sets: `PREFIX_any` (always) and one per port.
+    fn sets(&self, prefix: &str, out: &mut Vec<SetDef>) {
         if !self.0.contains_key(&None) {
-            fmt_set(out, &Self::set_name(prefix, None), &[]);
+            out.push(SetDef {
+                name: Self::set_name(prefix, None),
+                elems: Vec::new(),
+            });
         }
         for (port, elems) in &self.0 {
-            fmt_set(out, &Self::set_name(prefix, *port), elems);
+            out.push(SetDef {
+                name: Self::set_name(prefix, *port),
+                elems: elems.clone(),
+            });
         }
     }
 
     /// One `accept` rule per set (`ip daddr @S [tcp dport P] accept`).
-    fn rules(&self, out: &mut String, prefix: &str) {
-        let _ = writeln!(out, "    ip daddr @{} accept", Self::set_name(prefix, None));
+    fn rules(&self, prefix: &str, out: &mut Vec<String>) {
+        out.push(format!("ip daddr @{} accept", Self::set_name(prefix, None)));
         for port in self.0.keys().flatten() {
-            let _ = writeln!(
-                out,
-                "    ip daddr @{} {} dport {} accept",
+            out.push(format!(
+                "ip daddr @{} {} dport {} accept",
                 Self::set_name(prefix, Some(*port)),
                 port.protocol.as_str(),
                 port.port
-            );
+            ));
         }
     }
 }
 
-fn fmt_set(out: &mut String, name: &str, elems: &[Elem]) {
-    let _ = write!(out, "  set {name} {{ type ipv4_addr; flags interval;");
-    if !elems.is_empty() {
+/// One set of a table (IPv4 addresses and networks, an interval set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SetDef {
+    name: String,
+    elems: Vec<Elem>,
+}
+
+/// One chain: its hook (`None`: a regular chain) and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChainDef {
+    name: &'static str,
+    hook: Option<&'static str>,
+    rules: Vec<String>,
+}
+
+/// One of a machine's two tables, as the policy wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableDef {
+    family: &'static str,
+    counters: &'static [&'static str],
+    sets: Vec<SetDef>,
+    chains: Vec<ChainDef>,
+}
+
+/// An element as nft writes it (`a.b.c.d` or `a.b.c.d/n`) with its comment.
+fn elem_text(e: &Elem) -> String {
+    match &e.comment {
+        // Host names are checked by mvm_core::egress: [a-z0-9._-].
+        Some(c) => format!("{} comment \"{c}\"", e.net),
+        None => e.net.to_string(),
+    }
+}
+
+fn fmt_set(out: &mut String, set: &SetDef) {
+    let _ = write!(out, "  set {} {{ type ipv4_addr; flags interval;", set.name);
+    if !set.elems.is_empty() {
         out.push_str(" elements = { ");
-        for (i, e) in elems.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            let _ = write!(out, "{}", e.net);
-            if let Some(c) = &e.comment {
-                // Host names are checked by mvm_core::egress: [a-z0-9._-].
-                let _ = write!(out, " comment \"{c}\"");
-            }
-        }
+        let elems: Vec<String> = set.elems.iter().map(elem_text).collect();
+        out.push_str(&elems.join(", "));
         out.push_str(" }");
     }
     out.push_str(" }\n");
@@ -484,19 +551,14 @@ pub fn blocked_ranges(subnet: &Subnet) -> Vec<Ipv4Net> {
 const REFUSE_TCP: &str = "meta l4proto tcp counter name \"refused\" reject with tcp reset";
 const REFUSE_OTHER: &str = "counter name \"refused\" reject with icmp type admin-prohibited";
 
-/// The ruleset that (re)creates both tables of `m`, as one `nft -f`
-/// script: `add table` + `delete table` (so it works whether or not the
-/// table exists) and the full definition, all in one transaction.
-/// `carry` seeds the `refused`/`spoofed` counters.
-pub fn ruleset(
+/// Both tables of machine `m` under `policy` (see the module docs).
+fn tables(
     m: &MachineEgress,
     policy: &EgressPolicy,
     hosts: &ResolvedHosts,
-    carry: &EgressCounters,
-) -> Result<String, EgressError> {
+) -> Result<[TableDef; 2], EgressError> {
     check_name(&m.tap)?;
     check_name(&m.bridge)?;
-    let table = table_name(&m.tap);
     let blocked = blocked_ranges(&m.subnet);
     let subnet = Ipv4Net::truncate(m.subnet.network(), m.subnet.prefix());
     let gw = m.subnet.gateway();
@@ -520,18 +582,7 @@ pub fn ruleset(
         .copied()
         .filter(|r| r.net().unwrap().is_within(&subnet))
         .collect();
-
-    let mut s = String::new();
-    for fam in ["bridge", "ip"] {
-        let _ = writeln!(s, "add table {fam} {table}\ndelete table {fam} {table}");
-    }
-    let comment = format!(
-        "mvm:egress machine {}",
-        m.machine
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect::<String>()
-    );
+    let (tap, ip, br) = (&m.tap, m.ip, &m.bridge);
 
     // ---- bridge family: anti-spoofing and machine-to-machine ----
     let peers = Groups::new(address_elems(&peer_rules));
@@ -542,118 +593,497 @@ pub fn ruleset(
             .map(|e| Elem { port: None, ..e })
             .collect(),
     );
-    let _ = writeln!(s, "table bridge {table} {{\n  comment \"{comment}\"");
-    let _ = writeln!(
-        s,
-        "  counter refused {{ packets 0 bytes 0 }}\n  counter spoofed {{ packets {} bytes 0 }}",
-        carry.spoofed_packets
-    );
-    peers.sets(&mut s, "peers");
-    fmt_set(&mut s, "peers_arp", &peers_arp);
-    let mut peer_rules_txt = String::new();
-    peers.rules(&mut peer_rules_txt, "peers");
-    let tap = &m.tap;
-    let ip = m.ip;
-    let _ = write!(
-        s,
-        "  chain eg_guard {{ type filter hook prerouting priority filter; policy accept;
-    iifname != \"{tap}\" accept
-    ether saddr != {mac} counter name \"spoofed\" drop
-    ether type arp arp saddr ether != {mac} counter name \"spoofed\" drop
-    ether type arp arp saddr ip != {ip} counter name \"spoofed\" drop
-    ether type arp accept
-    ether type ip ip saddr != {ip} counter name \"spoofed\" drop
-    ether type ip accept
-    drop
-  }}
-  chain eg_peers {{ type filter hook forward priority filter; policy accept;
-    iifname != \"{tap}\" accept
-    ether type arp arp daddr ip @peers_arp accept
-{peer_rules_txt}    ether type arp arp daddr ip {gw} drop
-    meta pkttype {{ broadcast, multicast }} drop
-    counter name \"refused\" drop
-  }}
-}}
-"
-    );
+    let mut bsets = Vec::new();
+    peers.sets("peers", &mut bsets);
+    bsets.push(SetDef {
+        name: "peers_arp".into(),
+        elems: peers_arp,
+    });
+    let mut peer_rules_txt = vec![
+        format!("iifname != \"{tap}\" accept"),
+        "ether type arp arp daddr ip @peers_arp accept".into(),
+    ];
+    peers.rules("peers", &mut peer_rules_txt);
+    peer_rules_txt.extend([
+        format!("ether type arp arp daddr ip {gw} drop"),
+        "meta pkttype { broadcast, multicast } drop".into(),
+        "counter name \"refused\" drop".into(),
+    ]);
+    let bridge = TableDef {
+        family: "bridge",
+        counters: &["refused", "spoofed"],
+        sets: bsets,
+        chains: vec![
+            ChainDef {
+                name: "eg_guard",
+                hook: Some("type filter hook prerouting priority filter; policy accept;"),
+                rules: vec![
+                    format!("iifname != \"{tap}\" accept"),
+                    format!("ether saddr != {mac} counter name \"spoofed\" drop"),
+                    format!(
+                        "ether type arp arp saddr ether != {mac} counter name \"spoofed\" drop"
+                    ),
+                    format!("ether type arp arp saddr ip != {ip} counter name \"spoofed\" drop"),
+                    "ether type arp accept".into(),
+                    format!("ether type ip ip saddr != {ip} counter name \"spoofed\" drop"),
+                    "ether type ip accept".into(),
+                    "drop".into(),
+                ],
+            },
+            ChainDef {
+                name: "eg_peers",
+                hook: Some("type filter hook forward priority filter; policy accept;"),
+                rules: peer_rules_txt,
+            },
+        ],
+    };
 
     // ---- ip family: routed and local traffic ----
     let exempt = Groups::new(address_elems(&exempt));
     let allow = Groups::new(address_elems(&other));
     let local = Groups::new(address_elems(&host_rules));
     let names = name_groups(policy, hosts);
-    let br = &m.bridge;
-    let _ = writeln!(s, "table ip {table} {{\n  comment \"{comment}\"");
-    let _ = writeln!(
-        s,
-        "  counter refused {{ packets {} bytes {} }}",
-        carry.refused_packets, carry.refused_bytes
-    );
-    exempt.sets(&mut s, "exempt");
-    allow.sets(&mut s, "allow");
-    local.sets(&mut s, "host");
-    names.sets(&mut s, "names");
-    let mut local_txt = String::new();
-    local.rules(&mut local_txt, "host");
-    let mut rules_txt = String::new();
-    exempt.rules(&mut rules_txt, "exempt");
-    rules_txt.push_str("    ip daddr @blocked goto eg_refuse\n");
-    allow.rules(&mut rules_txt, "allow");
-    names.rules(&mut rules_txt, "names");
-    let blocked_list = blocked
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let _ = writeln!(
-        s,
-        "  set blocked {{ type ipv4_addr; flags interval; elements = {{ {blocked_list} }} }}"
-    );
+    let mut sets = Vec::new();
+    exempt.sets("exempt", &mut sets);
+    allow.sets("allow", &mut sets);
+    local.sets("host", &mut sets);
+    names.sets("names", &mut sets);
+    sets.push(SetDef {
+        name: "blocked".into(),
+        elems: blocked
+            .iter()
+            .map(|n| Elem {
+                net: *n,
+                port: None,
+                comment: None,
+            })
+            .collect(),
+    });
+    let mut chains = Vec::new();
     if let Some(port) = m.dns_port {
+        chains.push(ChainDef {
+            name: "eg_dns",
+            hook: Some("type nat hook prerouting priority dstnat; policy accept;"),
+            rules: vec![format!(
+                "iifname \"{br}\" ip saddr {ip} ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{port}"
+            )],
+        });
+    }
+    let guard = |v: &mut Vec<String>| {
+        v.extend([
+            format!("iifname != \"{br}\" accept"),
+            format!("ip saddr != {ip} accept"),
+            "ct direction reply accept".into(),
+            "ct state related accept".into(),
+        ])
+    };
+    let mut routed = Vec::new();
+    guard(&mut routed);
+    routed.push("jump eg_rules".into());
+    let mut local_txt = Vec::new();
+    guard(&mut local_txt);
+    if let Some(port) = m.dns_port {
+        local_txt.push(format!(
+            "ip daddr {gw} meta l4proto {{ tcp, udp }} th dport {port} ct original proto-dst 53 accept"
+        ));
+    }
+    local.rules("host", &mut local_txt);
+    local_txt.extend([REFUSE_TCP.into(), REFUSE_OTHER.into()]);
+    let mut rules_txt = Vec::new();
+    exempt.rules("exempt", &mut rules_txt);
+    rules_txt.push("ip daddr @blocked goto eg_refuse".into());
+    allow.rules("allow", &mut rules_txt);
+    names.rules("names", &mut rules_txt);
+    if policy.default == DefaultAction::Allow {
+        rules_txt.push("accept".into());
+    }
+    rules_txt.push("goto eg_refuse".into());
+    chains.extend([
+        ChainDef {
+            name: "eg_routed",
+            hook: Some("type filter hook forward priority filter - 10; policy accept;"),
+            rules: routed,
+        },
+        ChainDef {
+            name: "eg_local",
+            hook: Some("type filter hook input priority filter - 10; policy accept;"),
+            rules: local_txt,
+        },
+        // Regular chains after the base chains that jump to them is fine
+        // inside one table definition (nft resolves names per table).
+        ChainDef {
+            name: "eg_refuse",
+            hook: None,
+            rules: vec![REFUSE_TCP.into(), REFUSE_OTHER.into()],
+        },
+        ChainDef {
+            name: "eg_rules",
+            hook: None,
+            rules: rules_txt,
+        },
+    ]);
+    let ipt = TableDef {
+        family: "ip",
+        counters: &["refused"],
+        sets,
+        chains,
+    };
+    Ok([bridge, ipt])
+}
+
+/// FNV-1a, 64 bits: the identity of a rule (its text and how many equal
+/// rules precede it in its chain), stored as the rule's comment so an
+/// update recognises rules it need not touch.
+fn rule_key(text: &str, nth: usize) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes().chain(nth.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("mvm:{h:016x}")
+}
+
+/// The rules of `c` with their keys, in order.
+fn keyed_rules(c: &ChainDef) -> Vec<(String, &str)> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    c.rules
+        .iter()
+        .map(|r| {
+            let n = seen.entry(r.as_str()).or_default();
+            let k = rule_key(r, *n);
+            *n += 1;
+            (k, r.as_str())
+        })
+        .collect()
+}
+
+fn table_comment(m: &MachineEgress) -> String {
+    format!(
+        "mvm:egress machine {}",
+        m.machine
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>()
+    )
+}
+
+/// The script that (re)creates table `t` whole: `add table` + `delete
+/// table` (so it works whether or not the table exists), then the full
+/// definition; `carry` seeds the named counters.
+fn create_script(
+    out: &mut String,
+    t: &TableDef,
+    table: &str,
+    comment: &str,
+    carry: &[(&str, u64, u64)],
+) {
+    let fam = t.family;
+    let _ = writeln!(out, "add table {fam} {table}\ndelete table {fam} {table}");
+    let _ = writeln!(out, "table {fam} {table} {{\n  comment \"{comment}\"");
+    for c in t.counters {
+        let (p, b) = carry
+            .iter()
+            .find(|(n, _, _)| n == c)
+            .map_or((0, 0), |(_, p, b)| (*p, *b));
+        let _ = writeln!(out, "  counter {c} {{ packets {p} bytes {b} }}");
+    }
+    for s in &t.sets {
+        fmt_set(out, s);
+    }
+    for c in &t.chains {
+        let _ = write!(out, "  chain {} {{", c.name);
+        if let Some(h) = c.hook {
+            let _ = write!(out, " {h}");
+        }
+        out.push('\n');
+        for (k, r) in keyed_rules(c) {
+            let _ = writeln!(out, "    {r} comment \"{k}\"");
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str("}\n");
+}
+
+/// What one table of a machine holds now (from `nft -j list table`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Existing {
+    /// Named counters: packets, bytes.
+    counters: BTreeMap<String, (u64, u64)>,
+    /// Sets: their elements as nft writes them, with comments.
+    sets: BTreeMap<String, Vec<(String, Option<String>)>>,
+    /// Chains: their rules in order, as (handle, comment).
+    chains: BTreeMap<String, Vec<(u64, Option<String>)>>,
+}
+
+/// An element of a set in nft's JSON: `"a.b.c.d"`, `{"prefix": {"addr",
+/// "len"}}`, `{"range": [a, b]}`, or any of these wrapped in `{"elem":
+/// {"val": ..., "comment": ...}}`; as nft writes it, and its comment.
+fn parse_elem(v: &serde_json::Value) -> Option<(String, Option<String>)> {
+    if let Some(e) = v.get("elem") {
+        let (t, _) = parse_elem(e.get("val")?)?;
+        let c = e.get("comment").and_then(|c| c.as_str()).map(str::to_owned);
+        return Some((t, c));
+    }
+    if let Some(s) = v.as_str() {
+        return Some((s.to_owned(), None));
+    }
+    if let Some(p) = v.get("prefix") {
+        let addr = p.get("addr")?.as_str()?;
+        let len = p.get("len")?.as_u64()?;
+        return Some((format!("{addr}/{len}"), None));
+    }
+    if let Some(r) = v.get("range") {
+        return Some((
+            format!("{}-{}", r.get(0)?.as_str()?, r.get(1)?.as_str()?),
+            None,
+        ));
+    }
+    None
+}
+
+impl Existing {
+    fn from_objects(objs: Vec<NftObject>) -> Self {
+        let mut ex = Existing::default();
+        for o in objs {
+            if let Some(c) = o.counter {
+                ex.counters.insert(c.name, (c.packets, c.bytes));
+            }
+            if let Some(s) = o.set {
+                let elems = s.elem.iter().filter_map(parse_elem).collect();
+                ex.sets.insert(s.name, elems);
+            }
+            if let Some(c) = o.chain {
+                ex.chains.entry(c.name).or_default();
+            }
+            if let Some(r) = o.rule {
+                ex.chains
+                    .entry(r.chain)
+                    .or_default()
+                    .push((r.handle, r.comment));
+            }
+        }
+        ex
+    }
+}
+
+/// The changes that turn set `name` from `have` into `want` (elements
+/// present in both are not touched).
+fn set_diff(
+    out: &mut String,
+    fam: &str,
+    table: &str,
+    name: &str,
+    have: &[(String, Option<String>)],
+    want: &[Elem],
+) {
+    let want: Vec<(String, Option<String>)> = want
+        .iter()
+        .map(|e| (e.net.to_string(), e.comment.clone()))
+        .collect();
+    let gone: Vec<&str> = have
+        .iter()
+        .filter(|h| !want.contains(h))
+        .map(|h| h.0.as_str())
+        .collect();
+    let new: Vec<String> = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(|(t, c)| match c {
+            Some(c) => format!("{t} comment \"{c}\""),
+            None => t.clone(),
+        })
+        .collect();
+    if !gone.is_empty() {
         let _ = writeln!(
-            s,
-            "  chain eg_dns {{ type nat hook prerouting priority dstnat; policy accept;
-    iifname \"{br}\" ip saddr {ip} ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{port}
-  }}"
+            out,
+            "delete element {fam} {table} {name} {{ {} }}",
+            gone.join(", ")
         );
     }
-    let dns_rule = match m.dns_port {
-        Some(port) => format!(
-            "    ip daddr {gw} meta l4proto {{ tcp, udp }} th dport {port} ct original proto-dst 53 accept\n"
-        ),
-        None => String::new(),
-    };
-    let allow_all = match policy.default {
-        DefaultAction::Allow => "    accept\n",
-        DefaultAction::Deny => "",
-    };
-    let _ = write!(
-        s,
-        "  chain eg_routed {{ type filter hook forward priority filter - 10; policy accept;
-    iifname != \"{br}\" accept
-    ip saddr != {ip} accept
-    ct direction reply accept
-    ct state related accept
-    jump eg_rules
-  }}
-  chain eg_local {{ type filter hook input priority filter - 10; policy accept;
-    iifname != \"{br}\" accept
-    ip saddr != {ip} accept
-    ct direction reply accept
-    ct state related accept
-{dns_rule}{local_txt}    {REFUSE_TCP}
-    {REFUSE_OTHER}
-  }}
-  chain eg_rules {{
-{rules_txt}{allow_all}    goto eg_refuse
-  }}
-  chain eg_refuse {{
-    {REFUSE_TCP}
-    {REFUSE_OTHER}
-  }}
-}}
-"
-    );
+    if !new.is_empty() {
+        let _ = writeln!(
+            out,
+            "add element {fam} {table} {name} {{ {} }}",
+            new.join(", ")
+        );
+    }
+}
+
+/// The script that turns table `ex` into `t` in place, touching only what
+/// differs: set elements added or deleted one by one, rules added or
+/// deleted by handle (a rule is known by the key in its comment, see
+/// [`rule_key`]), sets and chains added or deleted. Nothing that stays is
+/// deleted and re-created, so a packet allowed by both the old and the new
+/// policy never meets a missing rule or element. Empty when nothing
+/// changes.
+fn update_script(out: &mut String, t: &TableDef, table: &str, ex: &Existing) {
+    let fam = t.family;
+    let mut deletes = String::new();
+    let mut adds = String::new();
+    for c in t.counters {
+        if !ex.counters.contains_key(*c) {
+            let _ = writeln!(adds, "add counter {fam} {table} {c}");
+        }
+    }
+    // Sets: new ones first (rules added below may use them), element
+    // changes, and sets no longer wanted last (after the rules using them
+    // are deleted).
+    for s in &t.sets {
+        match ex.sets.get(&s.name) {
+            Some(have) => set_diff(&mut adds, fam, table, &s.name, have, &s.elems),
+            None => {
+                let _ = writeln!(
+                    adds,
+                    "add set {fam} {table} {} {{ type ipv4_addr; flags interval; }}",
+                    s.name
+                );
+                set_diff(&mut adds, fam, table, &s.name, &[], &s.elems);
+            }
+        }
+    }
+    let mut rule_adds = String::new();
+    for c in &t.chains {
+        let want = keyed_rules(c);
+        let Some(have) = ex.chains.get(c.name) else {
+            match c.hook {
+                Some(h) => {
+                    let _ = writeln!(adds, "add chain {fam} {table} {} {{ {h} }}", c.name);
+                }
+                None => {
+                    let _ = writeln!(adds, "add chain {fam} {table} {}", c.name);
+                }
+            }
+            for (k, r) in &want {
+                let _ = writeln!(
+                    rule_adds,
+                    "add rule {fam} {table} {} {r} comment \"{k}\"",
+                    c.name
+                );
+            }
+            continue;
+        };
+        let name = c.name;
+        let add_all = |s: &mut String| {
+            for (k, r) in &want {
+                let _ = writeln!(s, "add rule {fam} {table} {name} {r} comment \"{k}\"");
+            }
+        };
+        // Rules without a key, repeated keys, or kept rules in another
+        // order: rewrite the chain (flush + add, still one transaction).
+        let keys: Vec<&str> = have.iter().filter_map(|(_, k)| k.as_deref()).collect();
+        let unique = keys.len() == have.len()
+            && keys.iter().collect::<std::collections::BTreeSet<_>>().len() == keys.len();
+        let kept_have: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| want.iter().any(|(w, _)| w == k))
+            .collect();
+        let kept_want: Vec<&str> = want
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| keys.contains(k))
+            .collect();
+        if !unique || kept_have != kept_want {
+            let _ = writeln!(deletes, "flush chain {fam} {table} {name}");
+            add_all(&mut rule_adds);
+            continue;
+        }
+        for (h, k) in have {
+            if !want.iter().any(|(w, _)| Some(w) == k.as_ref()) {
+                let _ = writeln!(deletes, "delete rule {fam} {table} {name} handle {h}");
+            }
+        }
+        let handle_of = |k: &str| {
+            have.iter()
+                .find(|(_, hk)| hk.as_deref() == Some(k))
+                .map(|(h, _)| *h)
+        };
+        // New rules go after the kept rule before them (`add ... position
+        // H` puts a rule right after H, so a run is added last first), or
+        // before the first kept rule (`insert ... position H`), or at the
+        // end of a chain that keeps nothing.
+        let mut anchor: Option<u64> = None;
+        let mut run: Vec<(&str, &str)> = Vec::new();
+        let flush_run = |anchor: Option<u64>,
+                         run: &mut Vec<(&str, &str)>,
+                         next: Option<u64>,
+                         s: &mut String| {
+            match (anchor, next) {
+                (Some(a), _) => {
+                    for (k, r) in run.iter().rev() {
+                        let _ = writeln!(
+                            s,
+                            "add rule {fam} {table} {name} position {a} {r} comment \"{k}\""
+                        );
+                    }
+                }
+                (None, Some(n)) => {
+                    for (k, r) in run.iter() {
+                        let _ = writeln!(
+                            s,
+                            "insert rule {fam} {table} {name} position {n} {r} comment \"{k}\""
+                        );
+                    }
+                }
+                (None, None) => {
+                    for (k, r) in run.iter() {
+                        let _ = writeln!(s, "add rule {fam} {table} {name} {r} comment \"{k}\"");
+                    }
+                }
+            }
+            run.clear();
+        };
+        for (k, r) in &want {
+            match handle_of(k) {
+                Some(h) => {
+                    flush_run(anchor, &mut run, Some(h), &mut rule_adds);
+                    anchor = Some(h);
+                }
+                None => run.push((k.as_str(), r)),
+            }
+        }
+        flush_run(anchor, &mut run, None, &mut rule_adds);
+    }
+    // Chains and sets no longer wanted.
+    let mut drops = String::new();
+    for name in ex.chains.keys() {
+        if !t.chains.iter().any(|c| c.name == name) {
+            let _ = writeln!(deletes, "flush chain {fam} {table} {name}");
+            let _ = writeln!(drops, "delete chain {fam} {table} {name}");
+        }
+    }
+    for name in ex.sets.keys() {
+        if !t.sets.iter().any(|s| &s.name == name) {
+            let _ = writeln!(drops, "delete set {fam} {table} {name}");
+        }
+    }
+    out.push_str(&deletes);
+    out.push_str(&drops);
+    out.push_str(&adds);
+    out.push_str(&rule_adds);
+}
+
+/// The ruleset that (re)creates both tables of `m`, as one `nft -f`
+/// script: `add table` + `delete table` (so it works whether or not the
+/// table exists) and the full definition, all in one transaction.
+/// `carry` seeds the `refused`/`spoofed` counters. [`apply`] uses it for a
+/// machine without tables, and updates existing tables in place.
+pub fn ruleset(
+    m: &MachineEgress,
+    policy: &EgressPolicy,
+    hosts: &ResolvedHosts,
+    carry: &EgressCounters,
+) -> Result<String, EgressError> {
+    let table = table_name(&m.tap);
+    let comment = table_comment(m);
+    let mut s = String::new();
+    for t in tables(m, policy, hosts)? {
+        let c: Vec<(&str, u64, u64)> = match t.family {
+            "bridge" => vec![("refused", 0, 0), ("spoofed", carry.spoofed_packets, 0)],
+            _ => vec![("refused", carry.refused_packets, carry.refused_bytes)],
+        };
+        create_script(&mut s, &t, &table, &comment, &c);
+    }
     Ok(s)
 }
 
@@ -666,29 +1096,46 @@ fn parse_mac(s: &str) -> Option<String> {
     .then(|| s.to_ascii_lowercase())
 }
 
-/// Install or replace (atomically, in one transaction) the policy of
-/// machine `m`, keeping its counters. Call it before the VMM runs (the
-/// TAP need not exist yet: rules match its name) and for `mvm update`.
+/// Install or change the policy of machine `m`, atomically (one `nft -f`
+/// transaction). A table that does not exist yet is created whole; one
+/// that exists is changed in place ([`update_script`]): its counters stay,
+/// and rules and set elements that both policies share are never removed,
+/// not even for a moment. Call it before the VMM runs (the TAP need not
+/// exist yet: rules match its name) and for `mvm update`. Returns whether
+/// anything changed.
 pub fn apply(
     nft: &Nft,
     m: &MachineEgress,
     policy: &EgressPolicy,
     hosts: &ResolvedHosts,
-) -> Result<(), EgressError> {
-    let carry = counters(nft, &m.tap)?.unwrap_or_default();
-    let script = ruleset(m, policy, hosts, &carry)?;
+) -> Result<bool, EgressError> {
+    let table = table_name(&m.tap);
+    let comment = table_comment(m);
+    let mut s = String::new();
+    for t in tables(m, policy, hosts)? {
+        match nft.existing(t.family, &table)? {
+            Some(ex) => update_script(&mut s, &t, &table, &ex),
+            None => create_script(&mut s, &t, &table, &comment, &[]),
+        }
+    }
+    if s.is_empty() {
+        return Ok(false);
+    }
     nft.run_script(
         &format!(
             "applying egress policy `{policy}` of machine {:?} (TAP {})",
             m.machine, m.tap
         ),
-        &script,
-    )
+        &s,
+    )?;
+    Ok(true)
 }
 
 /// Replace only the resolved host-name addresses of a machine whose
-/// policy is applied (after re-resolution), atomically. Names of the
-/// policy missing from `hosts` lose their addresses.
+/// policy is applied (after re-resolution), atomically and in place
+/// (addresses that stay are not touched). Names of the policy missing
+/// from `hosts` lose their addresses. A machine without tables is left
+/// alone.
 pub fn update_hosts(
     nft: &Nft,
     tap: &str,
@@ -697,19 +1144,22 @@ pub fn update_hosts(
 ) -> Result<(), EgressError> {
     check_name(tap)?;
     let table = table_name(tap);
-    let names = name_groups(policy, hosts);
+    let Some(ex) = nft.existing("ip", &table)? else {
+        return Ok(());
+    };
+    let mut sets = Vec::new();
+    name_groups(policy, hosts).sets("names", &mut sets);
     let mut s = String::new();
-    for port in names.0.keys() {
-        let _ = writeln!(
-            s,
-            "flush set ip {table} {}",
-            Groups::set_name("names", *port)
-        );
+    for set in &sets {
+        // A set missing means the policy changed under us: `apply` owns
+        // the list of sets.
+        if let Some(have) = ex.sets.get(&set.name) {
+            set_diff(&mut s, "ip", &table, &set.name, have, &set.elems);
+        }
     }
-    let mut sets = String::new();
-    names.sets(&mut sets, "names");
-    // Re-declaring an existing set (same type and flags) adds its elements.
-    let _ = write!(s, "table ip {table} {{\n{sets}}}\n");
+    if s.is_empty() {
+        return Ok(());
+    }
     nft.run_script(&format!("updating resolved host names of TAP {tap}"), &s)
 }
 
@@ -947,7 +1397,7 @@ mod tests {
         assert!(s.contains("redirect to :5353"), "{s}");
         // deny: no catch-all accept in eg_rules.
         let rules = s.split("chain eg_rules").nth(1).unwrap();
-        assert!(!rules.contains("\n    accept\n"), "{s}");
+        assert!(!rules.contains("\n    accept comment"), "{s}");
         let all = ruleset(
             &machine(),
             &EgressPolicy::allow_all(),
@@ -956,7 +1406,187 @@ mod tests {
         )
         .unwrap();
         let rules = all.split("chain eg_rules").nth(1).unwrap();
-        assert!(rules.contains("\n    accept\n    goto eg_refuse"), "{all}");
+        let accept = rules
+            .find("\n    accept comment")
+            .expect("catch-all accept");
+        let refuse = rules.find("\n    goto eg_refuse comment").unwrap();
+        assert!(accept < refuse, "{all}");
+    }
+
+    /// What `nft -j list table` would report for `t` as created.
+    fn existing_of(t: &TableDef) -> Existing {
+        let mut handle = 0;
+        Existing {
+            counters: t.counters.iter().map(|c| (c.to_string(), (0, 0))).collect(),
+            sets: t
+                .sets
+                .iter()
+                .map(|s| {
+                    let elems = s
+                        .elems
+                        .iter()
+                        .map(|e| (e.net.to_string(), e.comment.clone()))
+                        .collect();
+                    (s.name.clone(), elems)
+                })
+                .collect(),
+            chains: t
+                .chains
+                .iter()
+                .map(|c| {
+                    let rules = keyed_rules(c)
+                        .into_iter()
+                        .map(|(k, _)| {
+                            handle += 1;
+                            (handle, Some(k))
+                        })
+                        .collect();
+                    (c.name.to_string(), rules)
+                })
+                .collect(),
+        }
+    }
+
+    fn update(from: &str, to: &str, hosts: &ResolvedHosts) -> String {
+        let m = machine();
+        let old = tables(&m, &from.parse().unwrap(), hosts).unwrap();
+        let new = tables(&m, &to.parse().unwrap(), hosts).unwrap();
+        let mut s = String::new();
+        for (o, n) in old.iter().zip(&new) {
+            update_script(&mut s, n, "T", &existing_of(o));
+        }
+        s
+    }
+
+    #[test]
+    fn updates_touch_only_what_changes() {
+        let hosts = ResolvedHosts::from([(
+            "test.example".to_owned(),
+            vec![Ipv4Addr::new(198, 51, 100, 9)],
+        )]);
+        // The same policy again: nothing at all.
+        for p in [
+            "allow-all",
+            "deny-all",
+            "allow=198.51.100.2:80,test.example:443",
+        ] {
+            assert_eq!(update(p, p, &hosts), "", "{p}");
+        }
+        // Flipping between two lists that share 198.51.100.2:80: its set
+        // and its rule are never touched.
+        let s = update(
+            "allow=198.51.100.2:80,198.51.100.53:53/udp",
+            "allow=198.51.100.2:80,198.51.100.3",
+            &hosts,
+        );
+        assert!(!s.contains("allow_tcp_80"), "{s}");
+        assert!(!s.contains("flush"), "{s}");
+        assert!(
+            s.contains("add element ip T allow_any { 198.51.100.3 }"),
+            "{s}"
+        );
+        assert!(s.contains("delete set ip T allow_udp_53"), "{s}");
+        assert!(s.contains("delete rule ip T eg_rules handle"), "{s}");
+        // ... and back: the new rule goes after a kept one.
+        let s = update(
+            "allow=198.51.100.2:80,198.51.100.3",
+            "allow=198.51.100.2:80,198.51.100.53:53/udp",
+            &hosts,
+        );
+        assert!(!s.contains("allow_tcp_80"), "{s}");
+        assert!(
+            s.contains("delete element ip T allow_any { 198.51.100.3 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add set ip T allow_udp_53 { type ipv4_addr; flags interval; }"),
+            "{s}"
+        );
+        let add = s
+            .lines()
+            .find(|l| l.contains("@allow_udp_53"))
+            .expect("rule for the new set");
+        assert!(add.starts_with("add rule ip T eg_rules position "), "{s}");
+        // The set is added before the rule that uses it.
+        assert!(s.find("add set ip T allow_udp_53").unwrap() < s.find(add).unwrap());
+        // deny-all -> allow-all: one rule added before the final refusal.
+        let s = update("deny-all", "allow-all", &hosts);
+        assert_eq!(s.lines().count(), 1, "{s}");
+        assert!(s.starts_with("add rule ip T eg_rules position "), "{s}");
+        assert!(s.contains(" accept comment \"mvm:"), "{s}");
+        // A DNS port appears: a new base chain with its rule.
+        let m = machine();
+        let mut without = m.clone();
+        without.dns_port = None;
+        let p = EgressPolicy::deny_all();
+        let old = tables(&without, &p, &hosts).unwrap();
+        let new = tables(&m, &p, &hosts).unwrap();
+        let mut s = String::new();
+        update_script(&mut s, &new[1], "T", &existing_of(&old[1]));
+        assert!(
+            s.contains(
+                "add chain ip T eg_dns { type nat hook prerouting priority dstnat; policy accept; }"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("redirect to :5353"), "{s}");
+        // ... and goes: flushed, then deleted.
+        let mut s = String::new();
+        update_script(&mut s, &old[1], "T", &existing_of(&new[1]));
+        let flush = s.find("flush chain ip T eg_dns").expect("flush");
+        assert!(
+            flush < s.find("delete chain ip T eg_dns").expect("delete"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn rules_without_keys_are_rewritten() {
+        let m = machine();
+        let t = tables(&m, &EgressPolicy::deny_all(), &ResolvedHosts::new()).unwrap();
+        let mut ex = existing_of(&t[1]);
+        for r in ex.chains.get_mut("eg_rules").unwrap() {
+            r.1 = None;
+        }
+        let mut s = String::new();
+        update_script(&mut s, &t[1], "T", &ex);
+        assert!(s.starts_with("flush chain ip T eg_rules\n"), "{s}");
+        assert_eq!(
+            s.lines()
+                .filter(|l| l.starts_with("add rule ip T eg_rules "))
+                .count(),
+            t[1].chains
+                .iter()
+                .find(|c| c.name == "eg_rules")
+                .unwrap()
+                .rules
+                .len()
+        );
+    }
+
+    #[test]
+    fn set_elements_from_nft_json() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"["10.0.0.1", {"prefix": {"addr": "10.0.0.0", "len": 8}},
+                {"range": ["10.0.0.1", "10.0.0.5"]},
+                {"elem": {"val": "198.51.100.9", "comment": "test.example"}}]"#,
+        )
+        .unwrap();
+        let got: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(parse_elem)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1".to_owned(), None),
+                ("10.0.0.0/8".to_owned(), None),
+                ("10.0.0.1-10.0.0.5".to_owned(), None),
+                ("198.51.100.9".to_owned(), Some("test.example".to_owned())),
+            ]
+        );
     }
 
     #[test]

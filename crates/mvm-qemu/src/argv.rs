@@ -195,6 +195,10 @@ pub enum NetArgs {
         mac: String,
         /// Port forwards from the host into the guest.
         forwards: Vec<HostForward>,
+        /// `restrict=on`: the guest reaches nothing, neither the host nor
+        /// the outside (the forwards still work); an egress policy of
+        /// `deny-all` without root.
+        restrict: bool,
     },
 }
 
@@ -262,6 +266,7 @@ impl QemuArgs {
             Some(fwds) => NetArgs::User {
                 mac: n.mac.clone(),
                 forwards: fwds.to_vec(),
+                restrict: false,
             },
             None => NetArgs::Tap {
                 tap: n.tap.clone(),
@@ -434,8 +439,15 @@ impl QemuArgs {
                     format!("virtio-net-device,netdev=net0,mac={mac}"),
                 );
             }
-            Some(NetArgs::User { mac, forwards }) => {
+            Some(NetArgs::User {
+                mac,
+                forwards,
+                restrict,
+            }) => {
                 let mut s = String::from("user,id=net0");
+                if *restrict {
+                    s.push_str(",restrict=on");
+                }
                 for f in forwards {
                     s.push_str(",hostfwd=");
                     s.push_str(&f.to_qemu());
@@ -706,6 +718,17 @@ mod tests {
         assert_eq!(
             argv[pos + 3],
             "virtio-net-device,netdev=net0,mac=06:00:0a:00:00:02"
+        );
+
+        // deny-all without root: the guest is isolated, forwards stay.
+        let mut a = QemuArgs::from_spec(&spec(), &dir, Accel::Tcg, Some(&fwds[..1]));
+        if let Some(NetArgs::User { restrict, .. }) = &mut a.net {
+            *restrict = true;
+        }
+        let argv = render(&a.to_argv());
+        assert_eq!(
+            argv[pos + 1],
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80"
         );
 
         let mut s = spec();

@@ -86,6 +86,7 @@ pub struct QemuBackend {
     accel_reason: String,
     user_net: Option<Vec<HostForward>>,
     volatile: Vec<String>,
+    user_restrict: bool,
 }
 
 /// What [`QemuBackend::doctor`] reports.
@@ -142,6 +143,7 @@ impl QemuBackend {
             accel_reason,
             user_net: None,
             volatile: Vec::new(),
+            user_restrict: false,
         })
     }
 
@@ -154,6 +156,7 @@ impl QemuBackend {
             accel_reason: "chosen by the caller".into(),
             user_net: None,
             volatile: Vec::new(),
+            user_restrict: false,
         }
     }
 
@@ -170,6 +173,13 @@ impl QemuBackend {
     /// a disk file of its own, and nothing it writes survives it.
     pub fn with_volatile_drives(mut self, ids: Vec<String>) -> Self {
         self.volatile = ids;
+        self
+    }
+
+    /// With user-mode networking, isolate the guest (`restrict=on`: it
+    /// reaches neither the host nor the outside; forwards still work).
+    pub fn restrict_user_net(mut self, on: bool) -> Self {
+        self.user_restrict = on;
         self
     }
 
@@ -200,9 +210,12 @@ impl QemuBackend {
 
     /// The QEMU command line for `spec` in `dir` (without the program).
     pub fn args(&self, spec: &VmSpec, dir: &InstanceDir) -> QemuArgs {
-        let mut args = QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref());
-        args.volatile = self.volatile.clone();
-        args
+        let mut a = QemuArgs::from_spec(spec, dir, self.accel, self.user_net.as_deref());
+        if let Some(crate::argv::NetArgs::User { restrict, .. }) = &mut a.net {
+            *restrict = self.user_restrict;
+        }
+        a.volatile = self.volatile.clone();
+        a
     }
 
     /// A fresh QMP session for a control operation on `dir`.

@@ -24,6 +24,9 @@ pub enum RuntimeError {
     /// Host networking.
     #[error(transparent)]
     Network(Box<crate::resources::network::NetworkError>),
+    /// Egress policy enforcement.
+    #[error(transparent)]
+    Egress(Box<crate::resources::egress::EgressError>),
     /// Configuration problem.
     #[error(transparent)]
     Config(#[from] mvm_core::config::ConfigError),
@@ -124,6 +127,18 @@ impl From<mvm_template::TemplateError> for RuntimeError {
 impl From<crate::resources::network::NetworkError> for RuntimeError {
     fn from(e: crate::resources::network::NetworkError) -> Self {
         Self::Network(Box::new(e))
+    }
+}
+
+impl From<crate::resources::egress::EgressError> for RuntimeError {
+    fn from(e: crate::resources::egress::EgressError) -> Self {
+        Self::Egress(Box::new(e))
+    }
+}
+
+impl From<mvm_core::egress::EgressError> for RuntimeError {
+    fn from(e: mvm_core::egress::EgressError) -> Self {
+        Self::Invalid(e.to_string())
     }
 }
 

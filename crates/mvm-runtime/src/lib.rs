@@ -1,7 +1,8 @@
 //! mvm's machine life cycle, in layers:
 //!
 //! ```text
-//!  ops/          create, start, stop, rm, exec, cp, pause, list, gc, recover
+//!  ops/          create, start, stop, rm, exec, cp, pause, list, gc, recover,
+//!                update
 //!    │             (one file per operation; the CLI calls exactly one)
 //!    ▼
 //!  supervisor/   the one owner of a running machine and its one teardown

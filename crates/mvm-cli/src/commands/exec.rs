@@ -7,7 +7,7 @@ use mvm_runtime::ops::create::CreateOptions;
 use mvm_runtime::ops::exec::ExecOptions;
 
 use crate::cli::ExecArgs;
-use crate::commands::{parse_env, runtime};
+use crate::commands::{egress_note, parse_egress, parse_env, runtime};
 use crate::progress::Bars;
 
 pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
@@ -54,6 +54,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         backend: a.backend.map(Into::into).unwrap_or(rt.config().backend),
         cpus: a.cpus,
         memory_mib: a.memory,
+        egress: parse_egress(&a.egress)?,
         data: mvm_runtime::resources::drives::DataOptions {
             add_dirs: a
                 .add_dirs
@@ -79,6 +80,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
     let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
     let image_ms = ti.elapsed().as_millis() as u64;
+    egress_note(&rt, create.egress.as_ref(), create.network, quiet);
     let (outcome, t) =
         mvm_runtime::ops::exec::exec_transient(&rt, &image, image_ms, create, &opts).await?;
     tracing::info!(

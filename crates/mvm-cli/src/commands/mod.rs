@@ -19,6 +19,7 @@ mod start;
 mod stop;
 mod supervise;
 mod template;
+mod update;
 mod volume;
 
 use anyhow::Result;
@@ -58,6 +59,37 @@ pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The egress policy of `--egress` flags: `None` without flags (the
+/// configured default applies).
+pub fn parse_egress(flags: &[String]) -> Result<Option<mvm_core::egress::EgressPolicy>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(mvm_core::egress::EgressPolicy::from_flags(flags)?))
+}
+
+/// Tell the user what user-mode networking (no root) enforces of the
+/// egress policy of a new machine, when they chose one (`asked`, or a
+/// configured default other than allow-all).
+pub fn egress_note(
+    rt: &Runtime,
+    asked: Option<&mvm_core::egress::EgressPolicy>,
+    network: Option<mvm_core::instance::NetworkMode>,
+    quiet: bool,
+) {
+    let default = &rt.config().network.egress;
+    let chosen = asked.is_some() || *default != mvm_core::egress::EgressPolicy::default();
+    let network = network.unwrap_or(rt.config().network.mode);
+    let policy = asked.unwrap_or(default);
+    if mvm_runtime::resources::egress::check(network, policy).is_err() {
+        return; // creating the machine fails, saying why
+    }
+    let note = mvm_runtime::resources::egress::user_mode_note(network, policy);
+    if let Some(note) = note.filter(|_| chosen && !quiet) {
+        eprintln!("mvm: note: {note}");
+    }
+}
+
 /// Print `name` (and `note`) for a machine that succeeded, the error of
 /// one that failed; `true` when it failed.
 pub fn report<T>(
@@ -94,6 +126,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Exec(a) => exec::run(a, quiet).await,
         Command::Pause(a) => pause::run(a, true).await,
         Command::Resume(a) => pause::run(a, false).await,
+        Command::Update(a) => update::run(a).await,
         Command::Gc => gc::run().await,
         Command::Volume(c) => volume::run(c),
         Command::Template(c) => template::run(c, quiet).await,

@@ -5,7 +5,7 @@ use mvm_runtime::ops::create::CreateOptions;
 use mvm_runtime::ops::start::{StartOutcome, WaitFor};
 
 use crate::cli::{NetworkArg, RunArgs};
-use crate::commands::{parse_env, runtime};
+use crate::commands::{egress_note, parse_egress, parse_env, runtime};
 
 pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     let rt = runtime()?;
@@ -27,6 +27,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
             .iter()
             .map(|p| mvm_net::ports::parse_port_spec(p))
             .collect::<Result<_, _>>()?,
+        egress: parse_egress(&a.egress)?,
         data: mvm_runtime::resources::drives::DataOptions {
             volumes: a
                 .volumes
@@ -61,6 +62,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
     };
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
+    egress_note(&rt, opts.egress.as_ref(), opts.network, quiet);
     let wait = if a.no_wait {
         WaitFor::Started
     } else {

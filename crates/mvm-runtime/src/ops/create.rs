@@ -39,6 +39,13 @@ pub struct CreateOptions {
     pub network: Option<NetworkMode>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
+    /// What the machine may reach (`--egress`, combined with
+    /// `EgressPolicy::from_flags`); the configured default
+    /// (`network.egress`, `MVM_EGRESS`) when `None`. Every way of creating
+    /// a machine sets it from its own `--egress` flags: `run`, transient
+    /// `exec`, and `template create` (the machines it records and restores
+    /// are created through these options too).
+    pub egress: Option<mvm_core::egress::EgressPolicy>,
     /// Volumes, secrets and added directories.
     pub data: drives::DataOptions,
     /// A clone of a template, or the machine that becomes one: its drives
@@ -57,6 +64,7 @@ impl Default for CreateOptions {
             env: Vec::new(),
             network: None,
             ports: Vec::new(),
+            egress: None,
             data: drives::DataOptions::default(),
             template: None,
         }
@@ -124,6 +132,11 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     if network == NetworkMode::Nat && network::use_tap() {
         network::settings(config)?;
     }
+    let egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
+    crate::resources::egress::check(network, &egress)?;
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     Ok(())
 }
@@ -146,6 +159,10 @@ pub fn validate(
     rec.env = opts.env.clone();
     rec.network = opts.network.unwrap_or(config.network.mode);
     rec.ports = opts.ports.clone();
+    rec.egress = opts
+        .egress
+        .clone()
+        .unwrap_or_else(|| config.network.egress.clone());
     Ok(rec)
 }
 

@@ -489,6 +489,9 @@ pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// `mvm update` signals a transient machine's owner (us): the handler
+    /// is installed from the start (the in-process supervisor listens).
+    _usr1: tokio::signal::unix::Signal,
 }
 
 impl Interrupts {
@@ -498,6 +501,7 @@ impl Interrupts {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
             hup: signal(SignalKind::hangup())?,
+            _usr1: signal(SignalKind::user_defined1())?,
         })
     }
 

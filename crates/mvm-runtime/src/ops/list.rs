@@ -61,6 +61,8 @@ pub struct InspectView {
     pub vmm_log: PathBuf,
     /// Supervisor log.
     pub supervisor_log: PathBuf,
+    /// The egress policy: recorded, enforced, resolved names, refusals.
+    pub egress: crate::resources::egress::EgressView,
     /// The persisted record.
     pub record: InstanceRecord,
 }
@@ -121,6 +123,7 @@ pub fn inspect(rt: &Runtime, name: &str) -> Result<InspectView, RuntimeError> {
         console_log: dir.console_log(),
         vmm_log: dir.vmm_log(),
         supervisor_log: dir.supervisor_log(),
+        egress: crate::resources::egress::view(&rec, &dir, owned),
         record: rec,
     })
 }

@@ -14,3 +14,4 @@ pub mod rm;
 pub mod start;
 pub mod stop;
 pub mod template;
+pub mod update;

@@ -138,7 +138,10 @@ impl AnyBackend {
                         guest_port: p.guest_port,
                     })
                     .collect();
-                Self::Qemu(q.with_user_net(forwards))
+                Self::Qemu(
+                    q.with_user_net(forwards)
+                        .restrict_user_net(crate::resources::egress::user_mode_restrict(rec)),
+                )
             }
             other => other,
         }

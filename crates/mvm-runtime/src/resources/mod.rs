@@ -8,6 +8,7 @@
 //! - [`drives`]: config and secrets drives, named volumes, host directories
 //!   (copy in at start, write back after the VMM exits);
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
+//! - [`egress`]: the egress policy's rules, DNS filter and state file;
 //! - [`backend`]: which hypervisor backend runs a machine;
 //! - [`agent`]: the way in to a running machine's guest agent.
 
@@ -15,4 +16,5 @@ pub mod agent;
 pub mod backend;
 pub mod disk;
 pub mod drives;
+pub mod egress;
 pub mod network;

@@ -4,10 +4,10 @@
 //! The hand-over has no gap in ownership: the starting process holds the
 //! machine's owner lock and passes a duplicate of that very descriptor to
 //! the child as fd 3 ([`OWNER_FD`]); the child shares the lock from the
-//! moment it is forked. The child starts with SIGTERM, SIGINT and SIGHUP
-//! blocked (the mask is inherited across `exec`), installs its handlers,
-//! then unblocks them: a stop sent at any moment of its life is handled,
-//! none kills it half-way. It runs in its own session (`setsid`), so the
+//! moment it is forked. The child starts with SIGTERM, SIGINT, SIGHUP and
+//! SIGUSR1 (`mvm update`) blocked (the mask is inherited across `exec`),
+//! installs its handlers, then unblocks them: a stop (or change) sent at
+//! any moment of its life is handled, none kills it half-way. It runs in its own session (`setsid`), so the
 //! CLI's terminal, Ctrl-C and hangup do not reach it.
 
 use std::io::Write;
@@ -24,13 +24,15 @@ use crate::{Runtime, RuntimeError};
 /// The descriptor number of the inherited owner lock in the supervisor.
 pub const OWNER_FD: i32 = 3;
 
-/// The signals a supervisor handles (as stop requests, or ignores: HUP).
+/// The signals a supervisor handles (as stop requests; USR1 as an egress
+/// reload; ignores: HUP).
 fn handled_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
+    set.add(Signal::SIGUSR1);
     set
 }
 
@@ -121,6 +123,9 @@ pub async fn main(home: MvmHome, name: &str) -> Result<Ended, RuntimeError> {
     let mut int = signal(SignalKind::interrupt())?;
     // Registered and never polled: SIGHUP is ignored.
     let _hup = signal(SignalKind::hangup())?;
+    // Installs the handler before the signal is unblocked (its default
+    // action would kill us); `supervise` listens for it.
+    let _usr1 = signal(SignalKind::user_defined1())?;
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
         Some(&handled_signals()),

@@ -7,7 +7,7 @@
 //! spawned it, so there is no moment without an owner), and
 //!
 //! 1. prepares the machine's resources: volumes free, network address,
-//!    config drive, TAP and port forwarders;
+//!    config drive, TAP and port forwarders, egress rules and DNS filter;
 //! 2. launches the VMM as its child (with a death signal: the VMM never
 //!    outlives its supervisor) and records it;
 //! 3. takes the one stream to the guest agent and waits for the agent's
@@ -20,6 +20,9 @@
 //!    then kills the VMM when the timeout passes;
 //! 6. runs the one idempotent teardown ([`teardown::release`]) and exits,
 //!    which releases the lock.
+//!
+//! SIGUSR1 asks it to enforce the egress policy now in the record (`mvm
+//! update`; see `resources::egress`), once the VMM runs.
 //!
 //! A clone of a template is restored instead of booted, and made a machine
 //! of its own before it is ready ([`restore`]); SIGUSR2 asks for a snapshot
@@ -46,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::resources::backend::AnyBackend;
-use crate::resources::{drives, network};
+use crate::resources::{drives, egress, network};
 use crate::{Runtime, RuntimeError};
 
 /// How long the VMM may take to accept its configuration.
@@ -154,6 +157,7 @@ struct Supervisor<'a> {
 #[derive(Default)]
 struct Held {
     network: Option<network::MachineNetwork>,
+    egress: Option<egress::Egress>,
     child: Option<mvm_core::vmm_child::VmmChild>,
 }
 
@@ -175,6 +179,9 @@ pub async fn supervise(
         dir: rt.dir(name),
     };
     let mut held = Held::default();
+    // Before the record is read: a change recorded from now on is either
+    // in what `prepare` reads or signalled here.
+    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     // Registered before anyone can see this process as the owner.
     let mut snapshots =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
@@ -187,8 +194,15 @@ pub async fn supervise(
     });
     let outcome = match record {
         Ok((rec, ())) => {
-            sup.lifecycle(rec, &mut held, &mut stop, &mut snapshots, &mut notify)
-                .await
+            sup.lifecycle(
+                rec,
+                &mut held,
+                &mut stop,
+                &mut reload,
+                &mut snapshots,
+                &mut notify,
+            )
+            .await
         }
         Err(e) => Outcome::Failed(e.into()),
     };
@@ -203,6 +217,7 @@ impl Supervisor<'_> {
         rec: InstanceRecord,
         held: &mut Held,
         stop: &mut StopRequests,
+        reload: &mut tokio::signal::unix::Signal,
         snapshots: &mut tokio::signal::unix::Signal,
         notify: &mut impl FnMut(Event),
     ) -> Outcome {
@@ -304,6 +319,7 @@ impl Supervisor<'_> {
                 // A booting guest cannot power off in an orderly way: a stop
                 // during the start cancels it.
                 _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
                 _ = snapshots.recv() => {
                     snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
                 }
@@ -328,6 +344,7 @@ impl Supervisor<'_> {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
                 _ = snapshots.recv() => {
                     snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
                 }
@@ -398,6 +415,7 @@ impl Supervisor<'_> {
         drives::prepare_start(&rec, &self.dir)?;
         crate::fault::point("sup.network", None)?;
         held.network = network::up(rt.config(), registry, &rec).await?;
+        held.egress = egress::up(rt.config(), &rec, &self.dir).await?;
         let spec = spec::for_record(rt, &rec)?;
         tracing::debug!("resources prepared");
         let launch = restore::plan(rt, &rec)?;
@@ -405,6 +423,16 @@ impl Supervisor<'_> {
         remove_sockets(&self.dir);
         crate::fault::point("sup.vmm_spawn", None)?;
         Ok((backend, spec, rec, launch))
+    }
+
+    /// Enforce the egress policy the record holds now (`mvm update`); the
+    /// change runs in the background, owned by the [`egress::Egress`].
+    fn reload_egress(&self, egress: Option<&egress::Egress>) {
+        let Some(e) = egress else { return };
+        match self.rt.registry().load(&self.name) {
+            Ok(rec) => e.reload(rec.egress),
+            Err(err) => tracing::warn!("egress reload: {}", crate::error_chain(&err)),
+        }
     }
 
     /// Record `Stopping`; the stop's timeout (recorded by `mvm stop`, else
@@ -442,6 +470,7 @@ impl Supervisor<'_> {
             let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
         }
         let _ = crate::fault::point("sup.vmm_gone", None);
+        drop(held.egress.take());
         drop(held.network.take());
         let _ = crate::fault::point("sup.network_released", None);
         let (last_exit, error) = match &outcome {

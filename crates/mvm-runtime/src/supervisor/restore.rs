@@ -77,6 +77,8 @@ pub struct Restore {
     require: bool,
     /// The clone has a config drive of its own (remount it).
     own_config: bool,
+    /// DNS servers for a clone with a TAP.
+    dns: Vec<std::net::Ipv4Addr>,
 }
 
 /// What [`launch`] started.
@@ -130,6 +132,7 @@ pub fn plan(rt: &Runtime, rec: &InstanceRecord) -> Result<Launch, RuntimeError> 
                 d.role == mvm_core::instance::DriveRole::Config
                     && d.path.starts_with(rt.dir(&rec.name).root())
             }),
+            dns: crate::resources::egress::guest_dns(rt.config()),
         }))),
         Err(e) => cold_or_fail(&c.template, c.require_snapshot, &e),
     }
@@ -193,7 +196,7 @@ pub async fn launch(
                     crate::fault::point("sup.restored", restored.vmm.child.id())?;
                     Ok(Launched {
                         vmm: restored.vmm,
-                        reidentify: Some(request_for(rec, r.own_config)),
+                        reidentify: Some(request_for(rec, r.own_config, r.dns.clone())),
                         restored: Some(restored.info),
                         cold_boot: None,
                     })
@@ -226,7 +229,11 @@ pub fn mark_launched(r: &mut InstanceRecord, cold_boot: Option<String>) {
 }
 
 /// The `Reidentify` request of clone `rec` (its clock is set when sent).
-fn request_for(rec: &InstanceRecord, own_config: bool) -> ReidentifyRequest {
+fn request_for(
+    rec: &InstanceRecord,
+    own_config: bool,
+    dns: Vec<std::net::Ipv4Addr>,
+) -> ReidentifyRequest {
     use rand::RngCore;
     let mut entropy = vec![0u8; ENTROPY_BYTES];
     rand::rng().fill_bytes(&mut entropy);
@@ -240,7 +247,7 @@ fn request_for(rec: &InstanceRecord, own_config: bool) -> ReidentifyRequest {
             ip: a.ip,
             prefix: a.prefix,
             gateway: a.gateway,
-            dns: network::guest_dns(),
+            dns,
         }),
         // User-mode networking gives every clone the same address in its
         // own network: nothing to change.

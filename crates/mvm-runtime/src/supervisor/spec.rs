@@ -41,7 +41,7 @@ pub fn for_record(rt: &Runtime, rec: &InstanceRecord) -> Result<VmSpec, RuntimeE
         network::Attachment::Tap(alloc) => {
             kernel_args.push(mvm_net::cmdline::format_cmdline(
                 &alloc,
-                &network::guest_dns(),
+                &crate::resources::egress::guest_dns(rt.config()),
             ));
             Some(NetSpec {
                 tap: alloc.tap.clone(),

@@ -23,8 +23,9 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// 1. its VMM, if one still runs (by verified pid: the forcible path,
 ///    needed only when its supervisor died);
 /// 2. its sockets;
-/// 3. its network: the TAP, and the bridge and NAT rules when it was the
-///    last machine holding an address;
+/// 3. its network: the TAP and its egress tables, and the bridge and NAT
+///    rules when it was the last machine holding an address; the egress
+///    state file;
 /// 4. the write-back of rw host directories, when one is owed;
 /// 5. its reference to the template it was restored from, if any;
 /// 6. the record: a transient machine is removed; any other is `Stopped`
@@ -59,6 +60,7 @@ pub fn release(
     if let Err(e) = network::release(rt.config(), rt.registry(), rec) {
         note(e.into());
     }
+    crate::resources::egress::release(&dir);
     let write_back = drives::write_back_all(&dir).err().map(|e| {
         let msg = crate::error_chain(&e);
         note(e.into());
