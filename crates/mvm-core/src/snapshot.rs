@@ -431,6 +431,10 @@ pub struct CloneOf {
     /// clone needs no disk file of its own.
     #[serde(default)]
     pub volatile_root: bool,
+    /// Restores the template's diskless snapshot (a transient QEMU clone
+    /// of an image that boots from its initramfs): no root drive at all.
+    #[serde(default)]
+    pub ram: bool,
     /// Why the clone was cold-booted instead, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_boot: Option<String>,

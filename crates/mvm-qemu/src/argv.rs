@@ -65,7 +65,7 @@ pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1"]
 
 /// Fixed TSC frequency for TCG guests: without it about one boot in six
 /// hangs at "tsc: Unable to calibrate against PIT" (ENVIRONMENT.md).
-pub const TCG_TSC_ARG: &str = "tsc_early_khz=2000000";
+pub const TCG_TSC_ARG: &str = "tsc_early_khz=2000000 tsc=reliable";
 
 /// The `-sandbox` value of an isolated VMM.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";

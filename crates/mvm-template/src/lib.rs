@@ -12,6 +12,9 @@
 //!     snapshot/            the backend's snapshot (mvm_core::snapshot)
 //!     disk.ext4            the template machine's root disk, if it had one
 //!     config.ext4          its config drive (transient clones attach it as is)
+//!     ram-snapshot/        images booting from their initramfs (the default
+//!     ram-config.ext4        image): a second snapshot of the same machine
+//!                            without a root disk, for transient clones
 //!     refs/<machine>       one file per machine that still needs these files
 //!     creator              only while being created: the creating process
 //! ```
@@ -80,6 +83,8 @@ const MANIFEST: &str = "template.json";
 const SNAPSHOT: &str = "snapshot";
 const DISK: &str = "disk.ext4";
 const CONFIG: &str = "config.ext4";
+const RAM_SNAPSHOT: &str = "ram-snapshot";
+const RAM_CONFIG: &str = "ram-config.ext4";
 const REFS: &str = "refs";
 const CREATOR: &str = "creator";
 
@@ -794,6 +799,17 @@ impl Staging {
         self.dir.join(CONFIG)
     }
 
+    /// Where the second, diskless snapshot goes (created on first use);
+    /// see the crate docs.
+    pub fn ram_snapshot(&self) -> SnapshotDir {
+        SnapshotDir::new(self.dir.join(RAM_SNAPSHOT))
+    }
+
+    /// The config drive of the diskless machine.
+    pub fn ram_config(&self) -> PathBuf {
+        self.dir.join(RAM_CONFIG)
+    }
+
     /// Copy `src` (e.g. a running machine's disk, paused) to [`Staging::disk`]
     /// as a copy-on-write clone.
     pub fn import_disk(&self, src: &Path) -> Result<CloneMethod, TemplateError> {
@@ -830,6 +846,21 @@ impl Staging {
         if self.config().exists() {
             rels.push(CONFIG.to_owned());
         }
+        let ram = self.ram_snapshot();
+        if ram.meta().exists() {
+            let ram_meta = ram.read_meta().map_err(|source| TemplateError::Snapshot {
+                name: name.clone(),
+                source,
+            })?;
+            rels.push(format!("{RAM_SNAPSHOT}/vmstate"));
+            rels.push(format!("{RAM_SNAPSHOT}/snapshot.json"));
+            if ram_meta.memory == MemoryMode::MemoryFile {
+                rels.push(format!("{RAM_SNAPSHOT}/memory"));
+            }
+            if self.ram_config().exists() {
+                rels.push(RAM_CONFIG.to_owned());
+            }
+        }
         let mut files = Vec::new();
         for rel in rels {
             let path = self.dir.join(&rel);
@@ -864,10 +895,10 @@ impl Staging {
             created: now_rfc3339(),
             provenance,
             sizes: Sizes {
-                total_allocated: sizes.memory_allocated
-                    + sizes.disk_allocated
-                    + allocated_bytes(&snap.state())
-                    + allocated_bytes(&snap.meta()),
+                total_allocated: std::iter::once(MANIFEST.to_owned())
+                    .chain(files.iter().map(|f| f.path.clone()))
+                    .map(|rel| allocated_bytes(&self.dir.join(rel)))
+                    .sum(),
                 ..sizes
             },
             files,
@@ -877,6 +908,9 @@ impl Staging {
         mvm_core::atomic::write_atomic(&path, &json, 0o600)
             .map_err(|e| io_err(&name, &path, e.source))?;
         fsync_dir(&self.dir.join(SNAPSHOT));
+        if ram.root().exists() {
+            fsync_dir(ram.root());
+        }
         fsync_dir(&self.dir);
         fsync_dir(&self.store.root.join(STORE));
         let _lock = self.store.lock()?;
@@ -932,6 +966,18 @@ impl Template {
             .iter()
             .any(|f| f.path == DISK)
             .then_some(d)
+    }
+
+    /// The diskless snapshot, if the template has one (see the crate
+    /// docs), and its config drive.
+    pub fn ram_snapshot(&self) -> Option<(SnapshotDir, PathBuf)> {
+        let meta = format!("{RAM_SNAPSHOT}/snapshot.json");
+        self.manifest.files.iter().any(|f| f.path == meta).then(|| {
+            (
+                SnapshotDir::new(self.dir.join(RAM_SNAPSHOT)),
+                self.dir.join(RAM_CONFIG),
+            )
+        })
     }
 
     /// The template machine's config drive, if it was kept.

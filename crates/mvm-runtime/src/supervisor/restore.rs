@@ -75,6 +75,8 @@ pub enum Launch {
 pub struct Restore {
     template: Template,
     require: bool,
+    /// The snapshot to restore (the template's own, or its diskless one).
+    snapshot: mvm_core::snapshot::SnapshotDir,
     /// The clone has a config drive of its own (remount it).
     own_config: bool,
     /// DNS servers for a clone with a TAP.
@@ -121,12 +123,23 @@ pub fn plan(rt: &Runtime, rec: &InstanceRecord) -> Result<Launch, RuntimeError> 
         let image = mvm_image::get(rt.home(), &rec.image)?;
         crate::ops::template::check_fits(&template, rec.backend, &image)?;
         template.verify(Verify::Quick)?;
+        let snapshot = match (c.ram, template.ram_snapshot()) {
+            (false, _) => template.snapshot(),
+            (true, Some((s, _))) => s,
+            (true, None) => {
+                return Err(RuntimeError::Invalid(format!(
+                    "template {:?} has no diskless snapshot",
+                    c.template
+                )));
+            }
+        };
         store.add_ref(&template, &rec.name)?;
-        Ok::<_, RuntimeError>(template)
+        Ok::<_, RuntimeError>((template, snapshot))
     })();
     match prepared {
-        Ok(template) => Ok(Launch::Restore(Box::new(Restore {
+        Ok((template, snapshot)) => Ok(Launch::Restore(Box::new(Restore {
             template,
+            snapshot,
             require: c.require_snapshot,
             own_config: rec.drives.iter().any(|d| {
                 d.role == mvm_core::instance::DriveRole::Config
@@ -186,35 +199,30 @@ pub async fn launch(
                 .await?,
             None,
         )),
-        Launch::Restore(r) => {
-            match backend
-                .restore(spec, dir, &r.template.snapshot(), deadline)
-                .await
-            {
-                Ok(restored) => {
-                    tracing::debug!("restored: {:?}", restored.info);
-                    crate::fault::point("sup.restored", restored.vmm.child.id())?;
-                    Ok(Launched {
-                        vmm: restored.vmm,
-                        reidentify: Some(request_for(rec, r.own_config, r.dns.clone())),
-                        restored: Some(restored.info),
-                        cold_boot: None,
-                    })
-                }
-                Err(e) if e.snapshot_error().is_some() => {
-                    let Launch::Boot { notice } =
-                        cold_or_fail(&r.template.name, r.require, &RuntimeError::from(e))?
-                    else {
-                        unreachable!("cold_or_fail boots or fails")
-                    };
-                    if let Some(n) = &notice {
-                        notify(Event::Notice { message: n.clone() });
-                    }
-                    Ok(booted(backend.launch(spec, dir, deadline).await?, notice))
-                }
-                Err(e) => Err(e.into()),
+        Launch::Restore(r) => match backend.restore(spec, dir, &r.snapshot, deadline).await {
+            Ok(restored) => {
+                tracing::debug!("restored: {:?}", restored.info);
+                crate::fault::point("sup.restored", restored.vmm.child.id())?;
+                Ok(Launched {
+                    vmm: restored.vmm,
+                    reidentify: Some(request_for(rec, r.own_config, r.dns.clone())),
+                    restored: Some(restored.info),
+                    cold_boot: None,
+                })
             }
-        }
+            Err(e) if e.snapshot_error().is_some() => {
+                let Launch::Boot { notice } =
+                    cold_or_fail(&r.template.name, r.require, &RuntimeError::from(e))?
+                else {
+                    unreachable!("cold_or_fail boots or fails")
+                };
+                if let Some(n) = &notice {
+                    notify(Event::Notice { message: n.clone() });
+                }
+                Ok(booted(backend.launch(spec, dir, deadline).await?, notice))
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
