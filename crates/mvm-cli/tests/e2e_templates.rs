@@ -145,6 +145,10 @@ fn template_clones_are_distinct_machines() {
         assert_ne!(a[1], b[1], "MACs");
         assert_ne!(a[2], b[2], "IPs");
         let b_ip = b[2].split('/').next().unwrap();
+        let a_ip = a[2].split('/').next().unwrap();
+        // Machines reach each other only where their egress policies say so.
+        p.ok(&["update", "a", "--egress", &format!("allow={b_ip}")]);
+        p.ok(&["update", "b", "--egress", &format!("allow={a_ip}")]);
         let ping = p.mvm(&["exec", "a", "--", "ping", "-c", "1", "-W", "5", b_ip]);
         assert!(
             ping.status.success(),
@@ -284,7 +288,8 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
 }
 
 /// With the real Firecracker: `template create --from` a running machine
-/// issues pause → `PUT /snapshot/create` → resume (the machine runs on),
+/// issues pause → `PUT /snapshot/create` → resume (the machine runs on;
+/// Firecracker refuses `/snapshot/create` unless paused),
 /// and `run --template` issues `PUT /snapshot/load` with the template's
 /// memory file as a `File` backend, the clone's own vsock socket and drive
 /// files, then resumes. Checked through what the VMMs answer (`GET /`,
@@ -381,21 +386,36 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
     assert_eq!(fc_get(&c_sock, "/")["state"], "Running");
     let cfg = fc_get(&c_sock, "/vm/config");
     let cdir = h.join("instances/c");
-    let drives: Vec<&str> = cfg["drives"]
+    // Firecracker lists drives in no particular order.
+    let drives: std::collections::BTreeMap<&str, &str> = cfg["drives"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["path_on_host"].as_str().unwrap())
+        .map(|d| {
+            (
+                d["drive_id"].as_str().unwrap(),
+                d["path_on_host"].as_str().unwrap(),
+            )
+        })
         .collect();
+    let want: std::collections::BTreeMap<&str, String> = [
+        ("root", cdir.join("disk.ext4")),
+        ("config", cdir.join("config.ext4")),
+    ]
+    .into_iter()
+    .map(|(id, p)| (id, p.display().to_string()))
+    .collect();
     assert_eq!(
         drives,
-        [
-            cdir.join("disk.ext4").to_str().unwrap(),
-            cdir.join("config.ext4").to_str().unwrap()
-        ],
+        want.iter().map(|(k, v)| (*k, v.as_str())).collect(),
         "{cfg}"
     );
     assert_eq!(cfg["machine-config"]["mem_size_mib"], mem_mib, "{cfg}");
+    assert_eq!(
+        cfg["vsock"]["uds_path"],
+        cdir.join("guest.sock").to_str().unwrap(),
+        "the clone's own vsock socket: {cfg}"
+    );
     let maps = fs_err::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mapped = maps
         .lines()

@@ -518,6 +518,58 @@ pub async fn create_template(
     })
 }
 
+/// How long [`settle`] waits at most.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Before the snapshot, wait until the guest finished what its kernel
+/// defers after boot, so that no clone replays it: eth0 has its carrier
+/// (the kernel reports a carrier change up to a second late, and a clone
+/// restored before that has no working network for that long), and the
+/// clocksource is the final one (not `tsc-early` or `jiffies`, replaced
+/// about a second after boot; a clone would otherwise time everything in
+/// 4 ms ticks). Gives up after [`SETTLE_LIMIT`] with a warning: the
+/// template still works.
+async fn settle(dir: &InstanceDir) {
+    const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+    const CARRIER: &str = "/sys/class/net/eth0/operstate";
+    let Ok(client) = crate::resources::agent::connect(dir).await else {
+        return;
+    };
+    let read = |path: &'static str| {
+        let client = &client;
+        async move {
+            let mut buf = Vec::new();
+            client
+                .read_file(path, &mut buf)
+                .await
+                .ok()
+                .map(|_| String::from_utf8_lossy(&buf).trim().to_owned())
+        }
+    };
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let clock = read(CLOCKSOURCE).await;
+        let carrier = read(CARRIER).await;
+        let clock_ok = clock
+            .as_deref()
+            .is_none_or(|c| !matches!(c, "tsc-early" | "jiffies" | "refined-jiffies"));
+        // No eth0 (no network): nothing to wait for.
+        let net_ok = carrier.as_deref().is_none_or(|c| c == "up");
+        if clock_ok && net_ok {
+            return;
+        }
+        if Instant::now() + pause > deadline {
+            tracing::warn!(
+                "the template machine did not settle within {SETTLE_LIMIT:?} (clocksource {clock:?}, eth0 {carrier:?}); snapshotting it anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// What one template machine took.
 struct Built {
     create_ms: u64,
@@ -606,6 +658,7 @@ async fn build_snapshot(
                 )));
             }
         }
+        settle(&dir).await;
         let warmup_ms = t.elapsed().as_millis() as u64;
         let done = crate::supervisor::snapshot::request(
             rt,
