@@ -137,6 +137,7 @@ pub enum TemplateCommand {
     /// Show everything known about a template.
     Inspect {
         /// Template name.
+        #[arg(add = ArgValueCandidates::new(complete::templates))]
         name: String,
         /// One JSON document (the default output is JSON too).
         #[arg(long)]
@@ -145,7 +146,7 @@ pub enum TemplateCommand {
     /// Remove templates (not while running machines need them).
     Rm {
         /// Template names.
-        #[arg(required = true)]
+        #[arg(required = true, add = ArgValueCandidates::new(complete::templates))]
         names: Vec<String>,
         /// Remove even while machines restored from it run.
         #[arg(long, short = 'f')]
@@ -159,10 +160,10 @@ pub struct TemplateCreateArgs {
     /// Template name.
     pub name: String,
     /// Image to boot.
-    #[arg(long, conflicts_with = "from")]
+    #[arg(long, conflicts_with = "from", add = ArgValueCandidates::new(complete::images))]
     pub image: Option<String>,
     /// Snapshot this running machine instead (it keeps running).
-    #[arg(long, value_name = "MACHINE")]
+    #[arg(long, value_name = "MACHINE", add = ArgValueCandidates::new(complete::running_machines))]
     pub from: Option<String>,
     /// vCPUs.
     #[arg(long, conflicts_with = "from")]
@@ -333,7 +334,7 @@ pub struct RunArgs {
     pub no_wait: bool,
     /// Restore this template instead of booting (the image is the
     /// template's).
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(complete::templates))]
     pub template: Option<String>,
     /// With --template: fail (instead of a cold boot) when the snapshot
     /// cannot be restored.
@@ -446,7 +447,11 @@ pub struct ExecArgs {
     #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::images))]
     pub image: Option<String>,
     /// Restore the transient machine from this template instead of booting.
-    #[arg(long, conflicts_with_all = ["name", "image", "launch_plan"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["name", "image", "launch_plan"],
+        add = ArgValueCandidates::new(complete::templates)
+    )]
     pub template: Option<String>,
     /// With --template: fail (exit 125) instead of a cold boot when the
     /// snapshot cannot be restored.
