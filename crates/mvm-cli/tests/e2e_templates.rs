@@ -35,6 +35,10 @@ impl Place {
     }
 
     fn mvm(&self, args: &[&str]) -> Output {
+        self.mvm_env(args, &[])
+    }
+
+    fn mvm_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
         let bin = assert_cmd::cargo::cargo_bin("mvm");
         let mut c = match &self.ns {
             Some(ns) => ns.cmd(&[bin.to_str().unwrap()]),
@@ -44,6 +48,9 @@ impl Place {
             .env("MVM_HOME", self.home())
             .env("MVM_NETWORK", "nat")
             .env_remove("MVM_BACKEND");
+        for (k, v) in env {
+            c.env(k, v);
+        }
         let child = c
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -85,6 +92,14 @@ impl Drop for Place {
     fn drop(&mut self) {
         let _ = self.mvm(&["rm", "-f", "a", "b"]);
     }
+}
+
+/// The QEMU binary on `PATH`.
+fn which_qemu() -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .expect("qemu-system-x86_64 on PATH")
 }
 
 fn host_now() -> i64 {
@@ -227,6 +242,46 @@ fn a_damaged_template_falls_back_to_a_cold_boot() {
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--memory 256 differs"), "{err}");
+
+    // Another QEMU version: only the VMM can tell; the supervisor falls
+    // back (a QEMU that says it is another version, otherwise the same).
+    let qemu = which_qemu();
+    let other = p.home().join("other-qemu");
+    fs_err::write(
+        &other,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'QEMU emulator version 0.0.1 (test)'; exit 0; fi\nexec {} \"$@\"\n",
+            qemu.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let with_other = |args: &[&str]| p.mvm_env(args, &[("MVM_QEMU_BIN", other.as_path())]);
+    let out = with_other(&["exec", "--template", "t", "--", "echo", "booted"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "booted\n");
+    assert!(
+        err.contains("0.0.1 (test)") && err.contains("cold boot"),
+        "{err}"
+    );
+    let out = with_other(&[
+        "exec",
+        "--template",
+        "t",
+        "--require-snapshot",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.1 (test)") && err.contains("--require-snapshot"),
+        "{err}"
+    );
 
     // Corrupt the memory file (its size stays).
     let info: serde_json::Value =
