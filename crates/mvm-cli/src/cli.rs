@@ -54,6 +54,47 @@ pub enum NetworkArg {
     None,
 }
 
+/// When to pull the image of `run`, `exec --image` and `shell --image`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    /// Never: the image must have been pulled or imported.
+    Never,
+    /// When it is not in the store yet.
+    Missing,
+    /// Always ask the registry for the tag's current image.
+    Always,
+}
+
+impl From<PullArg> for mvm_oci::PullPolicy {
+    fn from(p: PullArg) -> Self {
+        match p {
+            PullArg::Never => Self::Never,
+            PullArg::Missing => Self::Missing,
+            PullArg::Always => Self::Always,
+        }
+    }
+}
+
+/// Pulling on first use (`run`, `exec --image`, `shell --image`).
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// When to pull the image from its registry.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "missing")]
+    pub pull: PullArg,
+    /// Talk plain HTTP to the image's registry (e.g. `localhost:5000`).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl Default for PullArgs {
+    fn default() -> Self {
+        Self {
+            pull: PullArg::Missing,
+            insecure: false,
+        }
+    }
+}
+
 /// All subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -270,6 +311,10 @@ pub enum ImageCommand {
         /// Read the registry password from standard input.
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// Print the pull's figures (layers, bytes downloaded and found in
+        /// the cache, times) as one JSON document instead of the reference.
+        #[arg(long)]
+        json: bool,
     },
     /// Import a `docker save` tarball or an OCI image layout (directory or
     /// tarball).
@@ -340,6 +385,20 @@ pub struct RunArgs {
     /// cannot be restored.
     #[arg(long, requires = "template")]
     pub require_snapshot: bool,
+    /// Default user of the main process and every exec (over the image's
+    /// User): NAME, UID, NAME:GROUP or UID:GID.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Default working directory (over the image's WorkingDir).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Pulling the image.
+    #[command(flatten)]
+    pub pull: PullArgs,
+    /// The main process's command, replacing the image's Cmd (after `--`;
+    /// the image's Entrypoint stays). The machine stops when it exits.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// One or more machine names.
@@ -485,6 +544,13 @@ pub struct ExecArgs {
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run as this user (over the image's User): NAME, UID, NAME:GROUP or
+    /// UID:GID.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Pulling the image of the transient machine.
+    #[command(flatten)]
+    pub pull: PullArgs,
     /// Kill the command after SECS seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -523,6 +589,12 @@ pub struct ShellArgs {
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
+    /// Run the shell as this user (over the image's User).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Pulling the image of the transient machine.
+    #[command(flatten)]
+    pub pull: PullArgs,
 }
 
 /// `mvm completion`.

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use predicates::prelude::*;
 
@@ -92,21 +92,35 @@ fn machine_life_cycle() {
         .success()
         .stdout("keep\n");
 
-    // Streamed, not buffered: "1" arrives ~2 s before "2".
+    // Streamed, not buffered: "1" arrives while the command still runs —
+    // it waits for a line on its stdin that is only sent once "1" was read
+    // (buffered output would never arrive; the read has a deadline).
     let mut child = mvm_std(home)
-        .args(["exec", &name, "--", "sh", "-c", "echo 1; sleep 2; echo 2"])
+        .args([
+            "exec",
+            "-i",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo 1; read x; echo 2",
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "1");
-    let t1 = Instant::now();
-    assert_eq!(lines.next().unwrap().unwrap(), "2");
-    let gap = t1.elapsed();
-    assert!(
-        gap > Duration::from_millis(1500),
-        "gap {gap:?}: output was buffered"
-    );
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "1");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"go\n").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "2");
     assert!(child.wait().unwrap().success());
 
     // stdin with -i.

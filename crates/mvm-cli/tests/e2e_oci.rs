@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{can_boot, e2e_home, ensure_image, mvm, mvm_std};
+use crate::common::{
+    MachineGuard, can_boot, e2e_home, ensure_image, mvm, mvm_std, ps, unique, wait_until,
+};
 
 #[path = "../../mvm-oci/tests/common.rs"]
 mod oci;
@@ -73,10 +75,41 @@ fn pull_ls_inspect_rm_and_import() {
     assert_eq!(doc["layers"].as_array().unwrap().len(), 2);
     assert_eq!(doc["source"], "registry");
 
-    // The second tag shares two layers: one download.
+    // A corrupted blob in the registry: the pull fails naming the layer,
+    // and nothing changes in the store.
     let r2 = format!("{}/test/app:2", reg.host());
+    let m2 = oci::registry_manifest(&reg, "test/app:2");
+    let sizes: Vec<u64> = m2["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .collect();
+    let new_layer = m2["layers"][2]["digest"].as_str().unwrap().to_owned();
+    let blob = reg.blob_file(&new_layer);
+    let good = fs_err::read(&blob).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    fs_err::write(&blob, &bad).unwrap();
+    let before = image_ls(home);
     let out = mvm(home)
         .args(["image", "pull", "--insecure", &r2])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("layer {new_layer}")) && err.contains("does not match"),
+        "{err}"
+    );
+    assert_eq!(image_ls(home), before, "image ls unchanged");
+
+    // Fixed: the second tag shares two layers, so one layer is downloaded,
+    // byte for byte, and the other two come from the cache.
+    fs_err::write(&blob, &good).unwrap();
+    let out = mvm(home)
+        .args(["image", "pull", "--insecure", "--json", &r2])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -84,6 +117,14 @@ fn pull_ls_inspect_rm_and_import() {
     eprintln!("{err}");
     assert!(err.contains("3 layer(s), 1 downloaded"), "{err}");
     assert_eq!(err.matches("already cached").count(), 2, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("cache hit: {report}");
+    assert_eq!(report["reference"], r2.as_str());
+    assert_eq!(report["layers"], 3);
+    assert_eq!(report["layers_downloaded"], 1);
+    assert_eq!(report["downloaded_bytes"], sizes[2]);
+    assert_eq!(report["resumed_bytes"], 0);
+    assert_eq!(report["cached_bytes"], sizes[0] + sizes[1]);
 
     // Import a docker-archive of the same image under another name.
     let archive = layout.dir.path().join("app.tar");
@@ -341,10 +382,42 @@ fn large_layer_streams_and_ctrl_c_leaves_a_resumable_cache() {
     assert!(!partial.exists());
 }
 
+/// Removes an image reference when dropped.
+struct RmImage<'a>(&'a Path, String);
+
+impl Drop for RmImage<'_> {
+    fn drop(&mut self) {
+        let _ = mvm_std(self.0).args(["image", "rm", &self.1]).output();
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Wait until machine `name` has stopped; its `mvm ps` row.
+fn wait_stopped(home: &Path, name: &str) -> serde_json::Value {
+    let mut row = serde_json::Value::Null;
+    let stopped = wait_until(Duration::from_secs(180), || {
+        row = ps(home)
+            .into_iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_default();
+        row["status"] == "stopped"
+    });
+    assert!(stopped, "machine {name} did not stop: {row}");
+    row
+}
+
+/// The issue's acceptance, against a real registry and real guests: the
+/// image's User, WorkingDir and Env in `exec --image`; its layers as the
+/// guest sees them; Entrypoint + Cmd as `mvm run`'s main process with its
+/// output in `mvm logs` and the machine stopping when it exits; the
+/// precedence image < machine < exec; pulling on first use.
 #[test]
-fn exec_image_boots_a_converted_oci_image() {
-    if oci::missing("exec_image_boots_a_converted_oci_image")
-        || !can_boot("exec_image_boots_a_converted_oci_image")
+fn acceptance_exec_and_run_an_oci_image() {
+    if oci::missing("acceptance_exec_and_run_an_oci_image")
+        || !can_boot("acceptance_exec_and_run_an_oci_image")
     {
         return;
     }
@@ -354,62 +427,205 @@ fn exec_image_boots_a_converted_oci_image() {
     oci::add_big_image(&layout.path, "bare", 4096);
     let reg = oci::Registry::start(None);
     oci::push(&layout.path, "app", &reg, "test/app:1", None, false);
+    oci::push(&layout.path, "app2", &reg, "test/app:2", None, false);
     oci::push(&layout.path, "bare", &reg, "test/bare:1", None, false);
     let home = e2e_home();
-    let r = format!("{}/test/app:1", reg.host());
-    let bare = format!("{}/test/bare:1", reg.host());
-    struct Rm<'a>(&'a Path, String);
-    impl Drop for Rm<'_> {
-        fn drop(&mut self) {
-            let _ = mvm_std(self.0).args(["image", "rm", &self.1]).output();
-        }
-    }
-    let _rm = Rm(home, r.clone());
-    let _rm_bare = Rm(home, bare.clone());
+    let r = format!("localhost:{}/test/app:1", reg.port);
+    let r2 = format!("localhost:{}/test/app:2", reg.port);
+    let bare = format!("localhost:{}/test/bare:1", reg.port);
+    let _rm = [&r, &r2, &bare].map(|i| RmImage(home, i.to_string()));
+    let mvm_none = || {
+        let mut c = mvm(home);
+        c.env("MVM_NETWORK", "none");
+        c
+    };
+
     let out = mvm(home)
         .args(["image", "pull", "--insecure", &r])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // 1. exec --image: the image's user, working directory and env; its
+    //    layers as the guest sees them.
     let t = Instant::now();
-    let script = "stat -c '%A %u' /usr/bin/suid; stat -c %h /data/link; ls /opq; ls /old; \
-                  stat -c '%U %u' /home/app/own; readlink /etc/resolv.conf; cat /etc/hostname >/dev/null && echo hostname-ok; \
-                  grep -c 127.0.1.1 /etc/hosts";
-    let out = mvm(home)
-        .env("MVM_NETWORK", "none")
-        .args(["exec", "--image", &r, "--", "/bin/sh", "-c", script])
+    let script = "id; pwd; echo $GREETING; \
+                  stat -c '%A %u' /usr/bin/suid; stat -c %h /data/link; ls /opq; ls /old; \
+                  stat -c '%U %u' /home/app/own; readlink /etc/resolv.conf; \
+                  cat /etc/hostname >/dev/null && echo hostname-ok; grep -c 127.0.1.1 /etc/hosts";
+    let out = mvm_none()
+        .args(["exec", "--image", &r, "--", "sh", "-c", script])
         .output()
         .unwrap();
     let took = t.elapsed();
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     eprintln!("first boot + command of {r}: {took:?}\n{text}");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "-rwsr-xr-x 0", "setuid bit survives");
-    assert_eq!(lines[1], "2", "hard link survives");
-    assert_eq!(lines[2], "upper", "opaque directory");
-    assert_eq!(lines[3], "kept.txt", "whiteout");
+    assert!(
+        lines[0].starts_with("uid=1000(app) gid=1000(app)"),
+        "the image's User: {text}"
+    );
+    assert_eq!(lines[1], "/work", "the image's WorkingDir");
+    assert_eq!(lines[2], "hello", "the image's Env");
+    assert_eq!(lines[3], "-rwsr-xr-x 0", "setuid bit survives");
+    assert_eq!(lines[4], "2", "hard link survives");
     assert_eq!(
-        lines[4], "app 1000",
+        lines[5], "upper",
+        "opaque directory holds only the upper files"
+    );
+    assert_eq!(lines[6], "kept.txt", "whiteout-deleted file is absent");
+    assert_eq!(
+        lines[7], "app 1000",
         "owner from the layer, named by the image's passwd"
     );
-    assert_eq!(lines[5], "../run/systemd/resolve/stub-resolv.conf");
-    assert_eq!(lines[6], "hostname-ok");
+    assert_eq!(lines[8], "../run/systemd/resolve/stub-resolv.conf");
+    assert_eq!(lines[9], "hostname-ok");
     assert_eq!(
-        lines[7], "1",
+        lines[10], "1",
         "/etc/hosts written although the image has none"
     );
 
-    // An image without a shell or /etc boots; the agent creates /etc/hosts.
-    let out = mvm(home)
-        .args(["image", "pull", "--insecure", &bare])
+    // 2. `mvm run` with no command: Entrypoint + Cmd is the main process,
+    //    its output in `mvm logs`, and the machine stops when it exits.
+    //    Meanwhile a second machine overrides Cmd, and its main process
+    //    stays up until the test ends it.
+    let app = unique("app");
+    let _g = MachineGuard {
+        home,
+        name: app.clone(),
+    };
+    let app2 = unique("app2");
+    let _g2 = MachineGuard {
+        home,
+        name: app2.clone(),
+    };
+    let out = mvm_none()
+        .args(["run", "--name", &app, &r])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), app);
+    let main2 =
+        "echo main says $GREETING; /bin/busybox sleep 600 & echo $! >/work/sleep.pid; wait; exit 3";
+    let out = mvm_none()
+        .args([
+            "run",
+            "--name",
+            &app2,
+            "-e",
+            "GREETING=machine",
+            "--user",
+            "0",
+            &r,
+            "--",
+            main2,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let row = wait_stopped(home, &app);
+    assert_eq!(row["note"], "main process exited with code 0", "{row}");
+    let logs = mvm(home).args(["logs", &app]).output().unwrap();
+    let logs = stdout(&logs);
+    assert!(logs.contains("hello from hello"), "{logs}");
+    assert!(logs.lines().any(|l| l.trim() == "1000"), "{logs}");
+    let ps_text = stdout(&mvm(home).args(["ps", "-a"]).output().unwrap());
+    assert!(
+        ps_text.contains("stopped (main process exited with code 0)"),
+        "{ps_text}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&mvm(home).args(["inspect", &app]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(
+        doc["record"]["image"],
+        r.as_str(),
+        "the normalised reference"
+    );
+    assert_eq!(doc["record"]["main"]["argv"][0], "/bin/sh");
+    assert_eq!(doc["record"]["main_exit"]["code"], 0);
+
+    // 3. Precedence in a running machine: image < machine (`run -e/--user`)
+    //    < exec (`-e/-w/--user`).
+    let exec_in = |args: &[&str]| {
+        let out = mvm(home).args(["exec", &app2]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let text = exec_in(&["--", "sh", "-c", "id -u; pwd; echo $GREETING"]);
+    assert_eq!(
+        text, "0\n/work\nmachine\n",
+        "run --user and -e over the image"
+    );
+    let text = exec_in(&[
+        "-u",
+        "app",
+        "-w",
+        "/tmp",
+        "-e",
+        "GREETING=exec",
+        "--",
+        "sh",
+        "-c",
+        "id -un; pwd; echo $GREETING",
+    ]);
+    assert_eq!(text, "app\n/tmp\nexec\n", "exec flags over everything");
+    // End the main process: the machine stops with its status (the guest
+    // may power off before this exec's own status reaches the host).
     let out = mvm(home)
-        .env("MVM_NETWORK", "none")
         .args([
             "exec",
+            &app2,
+            "--",
+            "sh",
+            "-c",
+            "kill $(cat /work/sleep.pid)",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || stderr(&out).contains("connection to the agent lost"),
+        "{}",
+        stderr(&out)
+    );
+    let row = wait_stopped(home, &app2);
+    assert_eq!(row["note"], "main process exited with code 3", "{row}");
+    let logs = stdout(&mvm(home).args(["logs", &app2]).output().unwrap());
+    assert!(logs.contains("main says machine"), "{logs}");
+
+    // 4. `exec --image` without a command runs Entrypoint + Cmd once, like
+    //    `docker run --rm`, pulling the image on first use.
+    let out = mvm_none()
+        .args(["exec", "--insecure", "--image", &r2])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from hello\n1000\n");
+    assert!(
+        stderr(&out).contains(&format!("mvm: pulled {r2}")),
+        "{}",
+        stderr(&out)
+    );
+    // `--pull never` for an image that is not there: nothing boots.
+    let out = mvm_none()
+        .args(["exec", "--pull", "never", "--image", &bare, "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--pull never") && stderr(&out).contains(&bare),
+        "{}",
+        stderr(&out)
+    );
+
+    // 5. An image without a shell or /etc boots; the agent creates
+    //    /etc/hosts.
+    let out = mvm_none()
+        .args([
+            "exec",
+            "--insecure",
             "--image",
             &bare,
             "--",
@@ -421,10 +637,59 @@ fn exec_image_boots_a_converted_oci_image() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     assert!(text.contains("busybox") && text.contains("hosts"), "{text}");
     assert!(
         !text.contains("mvm-agent"),
         "nothing of mvm's on the disk: {text}"
+    );
+}
+
+/// `mvm doctor` lists what pulls, imports and builds left in the image
+/// store; `mvm gc` removes it (through `mvm_oci::gc`).
+#[test]
+fn doctor_lists_and_gc_removes_image_store_leftovers() {
+    let dir = crate::common::empty_home();
+    let home = dir.path();
+    let blobs = home.join("images/blobs");
+    for d in ["sha256", "partial", "incoming"] {
+        fs_err::create_dir_all(blobs.join(d)).unwrap();
+    }
+    let unused = "ab".repeat(32);
+    fs_err::write(blobs.join("sha256").join(&unused), b"unused").unwrap();
+    fs_err::write(blobs.join("partial").join("cd".repeat(32)), b"half").unwrap();
+    let leftovers = |home: &Path| {
+        let out = mvm(home).args(["doctor", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "leftovers")
+            .unwrap()
+            .clone()
+    };
+    let l = leftovers(home);
+    let detail = l["detail"].as_str().unwrap();
+    assert_eq!(l["ok"], false, "{l}");
+    assert!(
+        detail.contains(&format!("unused image blob sha256:{unused}"))
+            && detail.contains("interrupted download of blob sha256:cdcd"),
+        "{detail}"
+    );
+    let out = mvm(home).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 unused image blob(s), 1 interrupted download(s)"),
+        "{text}"
+    );
+    assert_eq!(leftovers(home)["ok"], true);
+    assert!(
+        fs_err::read_dir(blobs.join("sha256"))
+            .unwrap()
+            .next()
+            .is_none()
     );
 }

@@ -35,6 +35,8 @@ pub const MVM_BOOT_TIMEOUT: &str = "MVM_BOOT_TIMEOUT";
 pub const MVM_QEMU_BIN: &str = "MVM_QEMU_BIN";
 /// Setting: force the QEMU accelerator (`kvm` or `tcg`).
 pub const MVM_QEMU_ACCEL: &str = "MVM_QEMU_ACCEL";
+/// Setting: the jailer binary (else the `jailer` beside `firecracker`).
+pub const MVM_JAILER_BIN: &str = "MVM_JAILER_BIN";
 /// Setting: where `mvm setup` downloads Firecracker releases from.
 pub const MVM_FIRECRACKER_RELEASE_URL: &str = "MVM_FIRECRACKER_RELEASE_URL";
 
@@ -47,6 +49,30 @@ pub const MVM_SKIP_LOG: &str = "MVM_SKIP_LOG";
 pub const MVM_FAULT: &str = "MVM_FAULT";
 /// Tests: a file the fault point appends its name to when reached.
 pub const MVM_FAULT_REACHED: &str = "MVM_FAULT_REACHED";
+/// Tests: the shared state directory of guest-booting tests.
+pub const MVM_TEST_HOME: &str = "MVM_TEST_HOME";
+/// Tests: a kernel (bzImage) for backend tests that boot one directly.
+pub const MVM_TEST_KERNEL: &str = "MVM_TEST_KERNEL";
+/// Tests: the initramfs for [`MVM_TEST_KERNEL`].
+pub const MVM_TEST_INITRD: &str = "MVM_TEST_INITRD";
+/// Tests: an ELF vmlinux for Firecracker tests.
+pub const MVM_TEST_VMLINUX: &str = "MVM_TEST_VMLINUX";
+/// Tests: set in the child processes of the concurrent-allocation test.
+pub const MVM_ALLOC_TEST_CHILD: &str = "MVM_ALLOC_TEST_CHILD";
+/// Tests: how many runs a measuring test takes.
+pub const MVM_MEASURE_RUNS: &str = "MVM_MEASURE_RUNS";
+/// Tests: where the fault-injection test writes its table.
+pub const MVM_FAULT_TABLE: &str = "MVM_FAULT_TABLE";
+/// Tests: the Firecracker OpenAPI contract file (`.ci/run` sets it from
+/// `../shared`; the contract tests say SKIPPED without it).
+pub const MVM_FIRECRACKER_API_SPEC: &str = "MVM_FIRECRACKER_API_SPEC";
+/// Benchmarks: the agent socket of a running machine to measure against.
+pub const MVM_BENCH_AGENT_SOCKET: &str = "MVM_BENCH_AGENT_SOCKET";
+/// Benchmarks: how many runs.
+pub const MVM_BENCH_RUNS: &str = "MVM_BENCH_RUNS";
+/// Guest agent tests: a directory standing in for the guest's `/etc` when
+/// the agent runs on the host.
+pub const MVM_AGENT_ETC: &str = "MVM_AGENT_ETC";
 /// Build: a prebuilt guest agent to embed instead of compiling one.
 pub const MVM_AGENT_PREBUILT: &str = "MVM_AGENT_PREBUILT";
 
@@ -76,11 +102,23 @@ pub const ALL: &[&str] = &[
     MVM_BOOT_TIMEOUT,
     MVM_QEMU_BIN,
     MVM_QEMU_ACCEL,
+    MVM_JAILER_BIN,
     MVM_FIRECRACKER_RELEASE_URL,
     MVM_TIMINGS_FILE,
     MVM_SKIP_LOG,
     MVM_FAULT,
     MVM_FAULT_REACHED,
+    MVM_TEST_HOME,
+    MVM_TEST_KERNEL,
+    MVM_TEST_INITRD,
+    MVM_TEST_VMLINUX,
+    MVM_ALLOC_TEST_CHILD,
+    MVM_MEASURE_RUNS,
+    MVM_FAULT_TABLE,
+    MVM_FIRECRACKER_API_SPEC,
+    MVM_BENCH_AGENT_SOCKET,
+    MVM_BENCH_RUNS,
+    MVM_AGENT_ETC,
     MVM_AGENT_PREBUILT,
     MVM_MACHINE_TAG,
     MVM_OWNER_FD,

@@ -336,6 +336,13 @@ pub struct InstanceRecord {
     /// making one (see `snapshot::TemplateUse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::snapshot::TemplateUse>,
+    /// The main process (an OCI image's Entrypoint + Cmd, `mvm run IMAGE`):
+    /// the machine stops when it exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<crate::main_process::MainProcess>,
+    /// How the main process last ended (cleared at each start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_exit: Option<crate::main_process::MainExit>,
 }
 
 /// The reconciled view of a machine.
@@ -382,6 +389,8 @@ impl InstanceRecord {
             vsock_cid: None,
             env: Vec::new(),
             template: None,
+            main: None,
+            main_exit: None,
         }
     }
 
@@ -464,7 +473,7 @@ impl InstanceRecord {
             ),
             s if s.expects_vmm() => lost(Status::Stopped, "its owner (the mvm supervisor) died"),
             _ if self.transient => lost(Status::Stopped, "transient machine of a finished exec"),
-            _ if self.net.is_some() || self.vmm.is_some() || self.owner.is_some() => {
+            _ if self.net.is_some() || self.vmm.is_some() => {
                 lost(self.status, "runtime state left by a dead owner")
             }
             s => Observed {

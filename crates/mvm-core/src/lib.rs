@@ -16,6 +16,8 @@
 //! - [`tools`]: every external program mvm runs, and the one way to run it.
 //! - [`env`]: every `MVM_*` environment variable, named once.
 //! - [`snapshot`]: the files of a VM snapshot, their metadata and checks.
+//! - [`main_process`]: a machine's process defaults (an OCI image's Env,
+//!   WorkingDir, User) and its main process (Entrypoint + Cmd).
 #![warn(missing_docs)]
 
 pub mod atomic;
@@ -25,6 +27,7 @@ pub mod egress;
 pub mod env;
 pub mod instance;
 pub mod isolation;
+pub mod main_process;
 pub mod name;
 pub mod paths;
 pub mod process;

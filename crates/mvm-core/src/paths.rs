@@ -192,6 +192,11 @@ impl InstanceDir {
     pub fn vmm_pidfile(&self) -> PathBuf {
         self.root.join("vmm.pid")
     }
+    /// The defaults of every command run in the machine (an OCI image's
+    /// Env, WorkingDir and User; `mvm_core::main_process::ProcessDefaults`).
+    pub fn process_defaults(&self) -> PathBuf {
+        self.root.join("process.json")
+    }
     /// What the supervisor enforces of the machine's egress policy now
     /// (applied policy, resolved names, DNS refusals; JSON, written
     /// atomically by the supervisor, removed by the teardown).

@@ -254,7 +254,7 @@ const TAIL_BYTES: usize = 4000;
 /// fail with the tail of its stderr when it exits unsuccessfully. A child
 /// past its deadline is killed and reaped.
 pub fn run(cmd: Command, timeout: Duration) -> Result<Output, ToolError> {
-    let out = run_unchecked(cmd, timeout)?;
+    let out = run_unchecked(cmd, None, timeout)?;
     if !out.0.status.success() {
         let mut text = String::from_utf8_lossy(&out.0.stderr).into_owned();
         if text.trim().is_empty() {
@@ -271,10 +271,24 @@ pub fn run(cmd: Command, timeout: Duration) -> Result<Output, ToolError> {
 
 /// Like [`run`], but an unsuccessful exit is returned, not an error.
 pub fn run_status(cmd: Command, timeout: Duration) -> Result<Output, ToolError> {
-    run_unchecked(cmd, timeout).map(|o| o.0)
+    run_unchecked(cmd, None, timeout).map(|o| o.0)
 }
 
-fn run_unchecked(mut cmd: Command, timeout: Duration) -> Result<(Output, String), ToolError> {
+/// Like [`run_status`], writing `input` to the program's standard input
+/// (on a thread, so neither side can block the other).
+pub fn run_with_input(
+    cmd: Command,
+    input: Vec<u8>,
+    timeout: Duration,
+) -> Result<Output, ToolError> {
+    run_unchecked(cmd, Some(input), timeout).map(|o| o.0)
+}
+
+fn run_unchecked(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(Output, String), ToolError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let argv = std::iter::once(program.clone())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
@@ -298,7 +312,17 @@ fn run_unchecked(mut cmd: Command, timeout: Duration) -> Result<(Output, String)
         }
     };
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // A child that exits early closes the pipe: its status says why.
+            let _ = stdin.write_all(&data);
+        });
+    }
     let mut out_pipe = child.stdout.take().expect("stdout is piped");
     let mut err_pipe = child.stderr.take().expect("stderr is piped");
     let out_thread = std::thread::spawn(move || {

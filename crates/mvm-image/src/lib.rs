@@ -590,7 +590,7 @@ fn ensure_built(
     };
     let final_dir = images.join(&digest);
     if !final_dir.join("manifest.json").is_file() {
-        sweep_stale_temps(&images);
+        remove_stale_temps(home);
         progress.step(&format!("building image {name} ({})", &digest[..12]));
         build_into(
             home, &final_dir, &digest, kind, source, size_mib, &k, &busybox, &resolved, progress,
@@ -739,23 +739,37 @@ fn build_into(
     }
 }
 
-/// Remove `images/.tmp-*` directories left by builders that died (older
-/// than an hour, so a live concurrent build is never touched).
-fn sweep_stale_temps(images: &Path) {
-    let Ok(entries) = fs_err::read_dir(images) else {
-        return;
+/// How old an `images/.tmp-*` directory must be before it is taken for
+/// the leftover of a builder that died (a live build never takes this long).
+pub const STALE_BUILD_AGE: Duration = Duration::from_secs(3600);
+
+/// `images/.tmp-*` directories left by builders (or removals) that died:
+/// older than [`STALE_BUILD_AGE`], so a live concurrent build is never
+/// listed.
+pub fn stale_temps(home: &MvmHome) -> Vec<PathBuf> {
+    let Ok(entries) = fs_err::read_dir(home.images_dir()) else {
+        return Vec::new();
     };
-    for e in entries.filter_map(Result::ok) {
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(3600));
-        if stale && e.file_name().to_string_lossy().starts_with(".tmp-") {
-            let _ = fs_err::remove_dir_all(e.path());
-        }
-    }
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_BUILD_AGE)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Remove the [`stale_temps`]; how many went.
+pub fn remove_stale_temps(home: &MvmHome) -> usize {
+    stale_temps(home)
+        .into_iter()
+        .filter(|p| fs_err::remove_dir_all(p).is_ok())
+        .count()
 }
 
 fn now_rfc3339() -> String {

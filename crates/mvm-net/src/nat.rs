@@ -16,7 +16,6 @@
 //!
 //! All calls pass `-w` to wait for the xtables lock and have a deadline.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -159,8 +158,8 @@ pub struct Iptables {
 impl Default for Iptables {
     fn default() -> Self {
         Self {
-            iptables: "iptables".into(),
-            save: "iptables-save".into(),
+            iptables: mvm_core::tools::IPTABLES.program.into(),
+            save: mvm_core::tools::IPTABLES_SAVE.program.into(),
         }
     }
 }
@@ -177,91 +176,44 @@ fn run(program: &str, args: &[String]) -> Result<Output, NatError> {
     run_with_input(program, "iptables", args, None)
 }
 
-/// Run `program args` with a deadline, writing `input` (if any) to its
-/// standard input; `package` names the package to install when the
-/// program is missing.
+/// Run `program args` through `mvm_core::tools` (argv, captured output, a
+/// deadline), writing `input` (if any) to its standard input; `package`
+/// names the package to install when the program is missing.
 pub(crate) fn run_with_input(
     program: &str,
     package: &'static str,
     args: &[String],
     input: Option<Vec<u8>>,
 ) -> Result<Output, NatError> {
-    let argv = || format!("{program} {}", args.join(" "));
-    let mut child = match Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(NatError::Missing {
-                program: program.into(),
-                package,
-            });
-        }
-        Err(source) => {
-            return Err(NatError::Spawn {
-                program: program.into(),
-                source,
-            });
-        }
+    let resolved = mvm_core::tools::which(program).ok_or_else(|| NatError::Missing {
+        program: program.into(),
+        package,
+    })?;
+    let mut cmd = Command::new(resolved);
+    cmd.args(args).stdin(Stdio::null());
+    let out = match input {
+        Some(data) => mvm_core::tools::run_with_input(cmd, data, IPTABLES_TIMEOUT),
+        None => mvm_core::tools::run_status(cmd, IPTABLES_TIMEOUT),
     };
-    // Write stdin and read both pipes on threads so a full pipe never
-    // blocks the child, and wait with a deadline.
-    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-        std::thread::spawn(move || {
-            use std::io::Write;
-            // A child that exits early closes the pipe: its status says why.
-            let _ = stdin.write_all(&data);
-        });
-    }
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    // Wait on a thread (the exit is the event) with a deadline; the child
-    // is not reaped before `wait` returns, so its pid stays valid for kill.
-    let pid = rustix::process::Pid::from_child(&child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(IPTABLES_TIMEOUT) {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            return Err(NatError::Spawn {
-                program: program.into(),
-                source,
-            });
+    let o = out.map_err(|e| match e {
+        mvm_core::tools::ToolError::Timeout { argv, timeout } => {
+            NatError::Timeout { argv, timeout }
         }
-        Err(_) => {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            return Err(NatError::Timeout {
-                argv: argv(),
-                timeout: IPTABLES_TIMEOUT,
-            });
-        }
-    };
+        mvm_core::tools::ToolError::Missing { .. } => NatError::Missing {
+            program: program.into(),
+            package,
+        },
+        other => NatError::Spawn {
+            program: program.into(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
     Ok(Output {
-        ok: status.success(),
-        code: status.code(),
-        status: status.to_string(),
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
+        ok: o.status.success(),
+        code: o.status.code(),
+        status: o.status.to_string(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     })
 }
 

@@ -127,6 +127,37 @@ pub struct GcReport {
     pub bytes: u64,
     /// Partial downloads removed.
     pub partials: u64,
+    /// Stale `images/.tmp-*` directories of builds that died (removed by
+    /// [`crate::gc`], not by [`BlobStore::gc`]).
+    pub builds: u64,
+}
+
+/// Something in the blob cache that no image needs (see
+/// [`BlobStore::leftovers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLeftover {
+    /// A complete blob no image in the store was made from.
+    Unused {
+        /// The blob.
+        digest: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A download nobody is writing (an interrupted pull; the next pull of
+    /// an image with this blob resumes it).
+    Partial {
+        /// The blob being downloaded.
+        digest: String,
+        /// Bytes so far.
+        bytes: u64,
+    },
+    /// A temporary file of an import that died.
+    Incoming {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
 }
 
 /// The blob cache of one `$MVM_HOME`.
@@ -312,6 +343,55 @@ impl BlobStore {
             fs_err::remove_file(e?.path())?;
         }
         Ok(Some(report))
+    }
+
+    /// What [`BlobStore::gc`] would remove, without removing anything:
+    /// blobs not in `keep`, partial downloads no pull is writing, and
+    /// (when no pull or import runs) temporary files of imports. Empty
+    /// while a pull or import runs, as `gc` would do nothing then either.
+    pub fn leftovers(&self, keep: &BTreeSet<String>) -> Result<Vec<BlobLeftover>, BlobError> {
+        if !self.root.exists() {
+            return Ok(Vec::new());
+        }
+        let Some(_lock) = self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let len = |e: &fs_err::DirEntry| e.metadata().map(|m| m.len()).unwrap_or(0);
+        for e in fs_err::read_dir(self.root.join("sha256"))? {
+            let e = e?;
+            let digest = format!("sha256:{}", e.file_name().to_string_lossy());
+            if !keep.contains(&digest) {
+                out.push(BlobLeftover::Unused {
+                    bytes: len(&e),
+                    digest,
+                });
+            }
+        }
+        for e in fs_err::read_dir(self.root.join("partial"))? {
+            let e = e?;
+            let f = fs_err::OpenOptions::new().write(true).open(e.path())?;
+            // Probing the writer's flock: ours is released when `f` closes.
+            if rustix::fs::flock(
+                f.as_fd(),
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            )
+            .is_ok()
+            {
+                out.push(BlobLeftover::Partial {
+                    digest: format!("sha256:{}", e.file_name().to_string_lossy()),
+                    bytes: len(&e),
+                });
+            }
+        }
+        for e in fs_err::read_dir(self.root.join("incoming"))? {
+            let e = e?;
+            out.push(BlobLeftover::Incoming {
+                bytes: len(&e),
+                path: e.path(),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -11,7 +11,9 @@ use crate::commands::{egress_note, parse_egress, parse_env, runtime};
 use crate::progress::Bars;
 
 pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
-    if a.command.is_empty() && a.launch_plan.is_none() {
+    // `exec --image IMAGE` without a command runs the image's Entrypoint +
+    // Cmd (checked by the runtime).
+    if a.command.is_empty() && a.launch_plan.is_none() && a.image.is_none() {
         bail!("no command given (usage: mvm exec [NAME] -- CMD [ARG...])");
     }
     if !a.command.is_empty() && a.launch_plan.is_some() {
@@ -28,6 +30,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         timeout: a.timeout.map(Duration::from_secs),
         stdin: a.interactive,
         tty: a.tty,
+        user: a.user.clone(),
     };
     if let Some(plan) = &a.launch_plan {
         // argv, working directory, and the environment with precedence
@@ -78,7 +81,7 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
     let ti = Instant::now();
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
-    let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
+    let image = crate::commands::image::resolve(&rt, &image_name, &a.pull, quiet).await?;
     let image_ms = ti.elapsed().as_millis() as u64;
     egress_note(&rt, create.egress.as_ref(), create.network, quiet);
     let (outcome, t) =

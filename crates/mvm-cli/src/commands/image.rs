@@ -8,13 +8,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use mvm_runtime::Runtime;
 
-use crate::cli::ImageCommand;
+use crate::cli::{ImageCommand, PullArgs};
 use crate::commands::runtime;
 use crate::progress::{Bars, LayerBars};
 
-/// The image `name` (a tag or an OCI reference), building the default
-/// image on first use.
+/// [`resolve`] with the default pull policy (`missing`).
 pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::Image> {
+    resolve(rt, name, &PullArgs::default(), quiet).await
+}
+
+/// The image `name` (a tag or an OCI reference) to boot: the default image
+/// is built on first use, an OCI image pulled as `pull` says (progress bars
+/// and the summary line as `mvm image pull` prints them).
+pub async fn resolve(
+    rt: &Runtime,
+    name: &str,
+    pull: &PullArgs,
+    quiet: bool,
+) -> Result<mvm_image::Image> {
     if name == "default" {
         let bars = Bars::new(quiet);
         mvm_runtime::host::ensure_tools(rt.home(), true, &bars)?;
@@ -29,19 +40,57 @@ pub async fn ensure(rt: &Runtime, name: &str, quiet: bool) -> Result<mvm_image::
         )?;
         return Ok(image);
     }
-    match mvm_oci::find(rt.home(), name)? {
-        Some(i) => Ok(i),
-        None if looks_like_reference(name) => {
-            bail!("no image {name:?}; pull it with `mvm image pull {name}`")
-        }
-        None => bail!(
-            "no image named {name:?} (see `mvm image ls`); build it with `mvm image build {name} --from-dir DIR` or pull it with `mvm image pull {name}`"
+    let opts = mvm_oci::PullOptions {
+        insecure: pull.insecure,
+        kernel: kernel_source(rt),
+        ..mvm_oci::PullOptions::default()
+    };
+    let bars = Arc::new(LayerBars::new(quiet));
+    let token = mvm_oci::CancellationToken::new();
+    let r = interruptible(
+        mvm_oci::ensure(
+            rt.home(),
+            name,
+            pull.pull.into(),
+            &opts,
+            bars.clone(),
+            token.clone(),
         ),
+        &token,
+    )
+    .await;
+    bars.finish();
+    let r = r?;
+    if let Some(p) = &r.pulled
+        && !quiet
+    {
+        eprintln!("{}", pull_summary(p));
     }
+    Ok(r.image)
 }
 
-fn looks_like_reference(name: &str) -> bool {
-    name.contains(['/', ':', '@'])
+/// The line `mvm image pull` prints when it is done.
+fn pull_summary(r: &mvm_oci::PullReport) -> String {
+    format!(
+        "mvm: pulled {} ({}): {} layer(s), {} downloaded ({}{}), {} from the cache; {} in {:.1} s",
+        r.reference,
+        r.manifest_digest,
+        r.layers,
+        r.layers_downloaded,
+        mb(r.downloaded_bytes),
+        if r.resumed_bytes > 0 {
+            format!(", resumed after {}", mb(r.resumed_bytes))
+        } else {
+            String::new()
+        },
+        mb(r.cached_bytes),
+        if r.unpacked.is_some() {
+            "converted"
+        } else {
+            "already converted"
+        },
+        (r.download_time + r.convert_time).as_secs_f64()
+    )
 }
 
 /// The kernel the configuration asks for.
@@ -54,6 +103,24 @@ pub fn kernel_source(rt: &Runtime) -> mvm_image::KernelSource {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// What `mvm image pull --json` prints: the pull's figures, exact.
+fn pull_json(r: &mvm_oci::PullReport) -> serde_json::Value {
+    serde_json::json!({
+        "reference": r.reference,
+        "manifest_digest": r.manifest_digest,
+        "index_digest": r.index_digest,
+        "image_digest": r.image.digest,
+        "layers": r.layers,
+        "layers_downloaded": r.layers_downloaded,
+        "downloaded_bytes": r.downloaded_bytes,
+        "resumed_bytes": r.resumed_bytes,
+        "cached_bytes": r.cached_bytes,
+        "converted": r.unpacked.is_some(),
+        "download_ms": r.download_time.as_millis() as u64,
+        "convert_ms": r.convert_time.as_millis() as u64,
+    })
 }
 
 /// Run `fut`; the first SIGINT/SIGTERM cancels `token` and the future is
@@ -162,6 +229,7 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             insecure,
             username,
             password_stdin,
+            json,
         } => {
             mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
             let credentials = match (username, password_stdin) {
@@ -194,28 +262,15 @@ pub async fn run(c: ImageCommand, quiet: bool) -> Result<u8> {
             bars.finish();
             let r = r?;
             if !quiet {
-                eprintln!(
-                    "mvm: pulled {} ({}): {} layer(s), {} downloaded ({}{}), {} from the cache; {} in {:.1} s",
-                    r.reference,
-                    r.manifest_digest,
-                    r.layers,
-                    r.layers_downloaded,
-                    mb(r.downloaded_bytes),
-                    if r.resumed_bytes > 0 {
-                        format!(", resumed after {}", mb(r.resumed_bytes))
-                    } else {
-                        String::new()
-                    },
-                    mb(r.cached_bytes),
-                    if r.unpacked.is_some() {
-                        "converted"
-                    } else {
-                        "already converted"
-                    },
-                    (r.download_time + r.convert_time).as_secs_f64()
-                );
+                eprintln!("{}", pull_summary(&r));
             }
-            println!("{}", r.reference);
+            if json {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut out, &pull_json(&r))?;
+                writeln!(out)?;
+            } else {
+                println!("{}", r.reference);
+            }
             Ok(0)
         }
         ImageCommand::Import { path, name } => {

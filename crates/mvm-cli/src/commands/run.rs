@@ -1,4 +1,6 @@
-//! `mvm run`: create and start a machine, detached; prints its name.
+//! `mvm run`: create and start a machine, detached; prints its name. An
+//! OCI image is pulled on first use and its Entrypoint + Cmd (or the
+//! command after `--`) becomes the machine's main process.
 
 use anyhow::Result;
 use mvm_runtime::ops::create::CreateOptions;
@@ -42,6 +44,9 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
             add_dirs: Vec::new(),
         },
         template: None,
+        main: Some(a.command.clone()),
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
     };
     let (image, opts) = match &a.template {
         Some(t) => {
@@ -55,7 +60,7 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
         None => {
             mvm_runtime::ops::create::check(&rt, &opts)?;
             (
-                crate::commands::image::ensure(&rt, &a.image, quiet).await?,
+                crate::commands::image::resolve(&rt, &a.image, &a.pull, quiet).await?,
                 opts,
             )
         }

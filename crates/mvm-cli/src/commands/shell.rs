@@ -12,7 +12,10 @@ use crate::progress::Bars;
 pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
     check_tty()?;
     let rt = runtime()?;
-    let opts = ExecOptions::login_shell(parse_env(&a.env)?);
+    let opts = ExecOptions {
+        user: a.user.clone(),
+        ..ExecOptions::login_shell(parse_env(&a.env)?)
+    };
     if let Some(name) = &a.name {
         let outcome = mvm_runtime::ops::exec::exec(&rt, name, &opts).await?;
         return Ok(outcome.exit_code() as u8);
@@ -31,7 +34,7 @@ pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
     }
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());
-    let image = crate::commands::image::ensure(&rt, &image_name, quiet).await?;
+    let image = crate::commands::image::resolve(&rt, &image_name, &a.pull, quiet).await?;
     let create = CreateOptions {
         backend: rt.config().backend,
         ..Default::default()

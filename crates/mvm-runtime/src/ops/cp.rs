@@ -70,7 +70,7 @@ pub async fn copy(rt: &Runtime, src: &Side, dst: &Side) -> Result<u64, RuntimeEr
             let meta = fs_err::metadata(h)?;
             if meta.is_dir() {
                 return Err(invalid(format!(
-                    "{}: copying directories is not supported yet",
+                    "{}: directories not supported yet (copy a tar archive instead)",
                     h.display()
                 )));
             }

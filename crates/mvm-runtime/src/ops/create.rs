@@ -1,6 +1,9 @@
 //! Create a machine: validate everything, claim the name (and become the
 //! machine's owner), allocate its vsock CID under the global lock, build its
 //! root disk and drives (outside any global lock), record it `Created`.
+//! The image's config (an OCI image's Env, WorkingDir, User, Entrypoint,
+//! Cmd) becomes the machine's process defaults and main process here
+//! (`resources::process`).
 //!
 //! A creation that fails — bad input, a failing `mkfs`, an interrupt —
 //! leaves nothing: the guard removes the half-made machine, and if the
@@ -10,11 +13,12 @@
 use mvm_core::Status;
 use mvm_core::backend::{BackendChoice, BackendKind};
 use mvm_core::instance::{InstanceRecord, NetworkMode, OwnerRole, PortMapping};
+use mvm_core::main_process::ProcessDefaults;
 use mvm_core::process::ProcessIdentity;
 use mvm_core::registry::OwnerLock;
 
 use crate::resources::backend::select;
-use crate::resources::{disk, drives, network};
+use crate::resources::{disk, drives, network, process};
 use crate::{Runtime, RuntimeError};
 
 /// Smallest memory a machine may have, MiB.
@@ -51,6 +55,15 @@ pub struct CreateOptions {
     /// A clone of a template, or the machine that becomes one: its drives
     /// come from [`crate::ops::template::attach_drives`].
     pub template: Option<crate::ops::template::TemplateDrives>,
+    /// Run a main process (`mvm run`): the image's Entrypoint followed by
+    /// this command, or by the image's Cmd when it is empty (see
+    /// [`process`]). `None`: no main process (a transient exec).
+    pub main: Option<Vec<String>>,
+    /// Default user of every command (over the image's `User`).
+    pub user: Option<String>,
+    /// Default working directory of every command (over the image's
+    /// `WorkingDir`).
+    pub workdir: Option<String>,
 }
 
 impl Default for CreateOptions {
@@ -67,6 +80,9 @@ impl Default for CreateOptions {
             egress: None,
             data: drives::DataOptions::default(),
             template: None,
+            main: None,
+            user: None,
+            workdir: None,
         }
     }
 }
@@ -147,6 +163,15 @@ pub fn validate(
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<InstanceRecord, RuntimeError> {
+    Ok(plan(rt, opts, image)?.0)
+}
+
+/// The record to create and the defaults of its commands.
+fn plan(
+    rt: &Runtime,
+    opts: &CreateOptions,
+    image: &mvm_image::Image,
+) -> Result<(InstanceRecord, ProcessDefaults), RuntimeError> {
     check(rt, opts)?;
     let name = opts.name.clone().unwrap_or_else(mvm_core::name::generate);
     mvm_core::name::validate(&name).map_err(mvm_core::registry::RegistryError::from)?;
@@ -163,7 +188,17 @@ pub fn validate(
         .egress
         .clone()
         .unwrap_or_else(|| config.network.egress.clone());
-    Ok(rec)
+    let image_config = process::image_config(image)?;
+    let defaults = process::defaults(
+        image_config.as_ref(),
+        opts.workdir.as_deref(),
+        opts.user.as_deref(),
+    );
+    rec.main = opts
+        .main
+        .as_ref()
+        .and_then(|cmd| process::main_process(image_config.as_ref(), &defaults, &rec.env, cmd));
+    Ok((rec, defaults))
 }
 
 /// Removes a machine whose creation did not finish (unless disarmed).
@@ -188,7 +223,7 @@ pub fn create(
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<Created, RuntimeError> {
-    let mut rec = validate(rt, opts, image)?;
+    let (mut rec, defaults) = plan(rt, opts, image)?;
     let name = rec.name.clone();
     let registry = rt.registry();
     rec.owner = Some(ProcessIdentity::current());
@@ -207,8 +242,14 @@ pub fn create(
             .into_iter()
             .filter_map(|l| l.record.ok().and_then(|r| r.vsock_cid))
             .collect();
-        rec.vsock_cid = Some((3..).find(|c| !used.contains(c)).expect("u32 range"));
-        registry.save(&rec)?;
+        let cid = (3..).find(|c| !used.contains(c)).expect("u32 range");
+        rec.vsock_cid = Some(cid);
+        // Under the record lock, keeping what others recorded meanwhile
+        // (a stop request).
+        registry.update(&name, |r| {
+            r.vsock_cid = Some(cid);
+            Ok(())
+        })?;
     }
     match &opts.template {
         Some(t) => crate::ops::template::attach_drives(rt, &mut rec, &dir, image, t)?,
@@ -220,8 +261,12 @@ pub fn create(
             drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
         }
     }
-    rec.transition(Status::Created)?;
-    registry.save(&rec)?;
+    process::save(&dir, &defaults)?;
+    let (record, ()) = registry.update(&name, |r| {
+        r.drives = rec.drives.clone();
+        r.template = rec.template.clone();
+        Ok(r.transition(Status::Created)?)
+    })?;
     unfinished.name = None;
-    Ok(Created { record: rec, lock })
+    Ok(Created { record, lock })
 }

@@ -47,6 +47,9 @@ pub struct ExecOptions {
     /// window size, signals through the line discipline): stdin must be a
     /// terminal ([`check_tty`]). Output is the terminal's single stream.
     pub tty: bool,
+    /// Run as this user (`user`, `uid`, `user:group`, `uid:gid`; names
+    /// from the guest's `/etc/passwd`), over the machine's default.
+    pub user: Option<String>,
 }
 
 impl ExecOptions {
@@ -60,11 +63,35 @@ impl ExecOptions {
         });
         Self {
             argv: req.argv,
-            env: req.env,
+            // The agent sets HOME: /root, or the home of the user it runs
+            // the shell as.
+            env: req.env.into_iter().filter(|(k, _)| k != "HOME").collect(),
             cwd: req.cwd,
             timeout: None,
             stdin: req.stdin,
             tty: true,
+            user: None,
+        }
+    }
+
+    /// This command as machine `rec` runs it (see
+    /// [`crate::resources::process`]): the environment is `defaults` (the
+    /// image's) < the machine's (`mvm run -e`) < the command's; the
+    /// working directory and the user are the command's, else the
+    /// machine's defaults.
+    pub fn in_machine(
+        &self,
+        defaults: &mvm_core::main_process::ProcessDefaults,
+        machine_env: &[(String, String)],
+    ) -> ExecOptions {
+        let mut env = defaults.env.clone();
+        env.extend(machine_env.iter().cloned());
+        env.extend(self.env.iter().cloned());
+        ExecOptions {
+            env,
+            cwd: self.cwd.clone().or_else(|| defaults.cwd.clone()),
+            user: self.user.clone().or_else(|| defaults.user.clone()),
+            ..self.clone()
         }
     }
 }
@@ -149,11 +176,8 @@ pub async fn exec(
 ) -> Result<ExecOutcome, RuntimeError> {
     let client = connect_running(rt, name).await?;
     let rec = rt.registry().load(name)?;
-    let mut opts = opts.clone();
-    let mut env = rec.env.clone();
-    env.append(&mut opts.env);
-    opts.env = env;
-    run_on(&client, name, &opts).await
+    let defaults = crate::resources::process::load(&rt.dir(name))?;
+    run_on(&client, name, &opts.in_machine(&defaults, &rec.env)).await
 }
 
 /// Run `opts` in the machine of `dir` (which must be serving its agent).
@@ -180,8 +204,7 @@ async fn run_on(
         stdin: opts.stdin,
         timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
         tty: None,
-        // Protocol 2 (exec --user, image User): wired in by the OCI phase 2.
-        user: None,
+        user: opts.user.clone(),
     };
     if opts.tty {
         return run_tty(client, name, req).await;
@@ -326,6 +349,10 @@ const TEARDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// Ctrl-C, SIGTERM, SIGHUP and errors). This process owns the machine for
 /// its whole life and runs its supervisor in-process; if it is killed, the
 /// VMM dies with it (death signal) and the next mvm command reaps the rest.
+///
+/// The command runs with the image's defaults (Env, WorkingDir, User) under
+/// its own; without a command, the image's Entrypoint + Cmd run once, as
+/// `docker run --rm IMAGE` does.
 pub async fn exec_transient(
     rt: &Runtime,
     image: &mvm_image::Image,
@@ -333,6 +360,27 @@ pub async fn exec_transient(
     create_opts: CreateOptions,
     opts: &ExecOptions,
 ) -> Result<(ExecOutcome, TransientTimings), RuntimeError> {
+    let config = crate::resources::process::image_config(image)?;
+    let mut opts = opts.clone();
+    if opts.argv.is_empty() {
+        opts.argv = config
+            .as_ref()
+            .map(|c| c.main_argv(None))
+            .unwrap_or_default();
+        if opts.argv.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "no command given, and image {} defines no Entrypoint or Cmd \
+                 (usage: mvm exec --image IMAGE -- CMD [ARG...])",
+                image.name
+            )));
+        }
+    }
+    let defaults = crate::resources::process::defaults(
+        config.as_ref(),
+        create_opts.workdir.as_deref(),
+        create_opts.user.as_deref(),
+    );
+    let opts = opts.in_machine(&defaults, &create_opts.env);
     // Register for SIGINT/SIGTERM/SIGHUP before anything exists, so no
     // signal can kill us between creating the machine and watching for it.
     let mut interrupt = Interrupts::new()?;
@@ -345,6 +393,8 @@ pub async fn exec_transient(
         rt,
         &CreateOptions {
             transient: true,
+            // The command is the machine's only process.
+            main: None,
             ..create_opts
         },
         image,
@@ -405,7 +455,7 @@ pub async fn exec_transient(
         }
         crate::fault::point("exec.ready", vmm)?;
         let tc = Instant::now();
-        let out = exec_in(&dir, opts).await;
+        let out = exec_in(&dir, &opts).await;
         command_ms.set(tc.elapsed().as_millis() as u64);
         crate::fault::point("exec.command_done", vmm)?;
         out
@@ -513,5 +563,66 @@ impl Interrupts {
             _ = self.term.recv() => ExecOutcome::Signaled(Signal::TERM.as_raw()),
             _ = self.hup.recv() => ExecOutcome::Signaled(Signal::HUP.as_raw()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mvm_core::main_process::ProcessDefaults;
+
+    fn kv(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn image_then_machine_then_command() {
+        let defaults = ProcessDefaults {
+            env: vec![kv("GREETING", "image"), kv("PATH", "/usr/bin:/bin")],
+            cwd: Some("/work".into()),
+            user: Some("app".into()),
+        };
+        let machine = [kv("GREETING", "machine")];
+        let plain = ExecOptions {
+            argv: vec!["env".into()],
+            ..Default::default()
+        };
+        let r = plain.in_machine(&defaults, &machine);
+        // The agent applies entries in order: the last one wins.
+        assert_eq!(
+            r.env,
+            [
+                kv("GREETING", "image"),
+                kv("PATH", "/usr/bin:/bin"),
+                kv("GREETING", "machine")
+            ]
+        );
+        assert_eq!(r.cwd.as_deref(), Some("/work"));
+        assert_eq!(r.user.as_deref(), Some("app"));
+        assert_eq!(r.argv, ["env"]);
+
+        let own = ExecOptions {
+            argv: vec!["env".into()],
+            env: vec![kv("GREETING", "exec")],
+            cwd: Some("/tmp".into()),
+            user: Some("0".into()),
+            ..Default::default()
+        };
+        let r = own.in_machine(&defaults, &machine);
+        assert_eq!(r.env.last().unwrap(), &kv("GREETING", "exec"));
+        assert_eq!(r.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(r.user.as_deref(), Some("0"));
+
+        // No defaults: the command as given.
+        let r = own.in_machine(&ProcessDefaults::default(), &[]);
+        assert_eq!(r.env, own.env);
+    }
+
+    #[test]
+    fn the_login_shell_leaves_home_to_the_agent() {
+        let o = ExecOptions::login_shell(vec![kv("A", "b")]);
+        assert!(o.env.iter().all(|(k, _)| k != "HOME"));
+        assert!(o.env.contains(&kv("A", "b")));
+        assert!(o.user.is_none());
     }
 }

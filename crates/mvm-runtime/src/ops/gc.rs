@@ -1,8 +1,10 @@
 //! Leftovers and their removal (`mvm doctor` lists them, `mvm gc` removes
 //! them): machines whose owner died (recovered as every command does),
 //! unreadable records nobody owns, mvm processes that belong to no
-//! registered machine of this home, and network objects (TAPs, `mvm:`
-//! rules) that no running machine owns.
+//! registered machine of this home, network objects (TAPs, `mvm:`
+//! rules) that no running machine owns, and what pulls, imports and image
+//! builds left in the image store (`mvm_oci::leftovers`: blobs no image
+//! needs, interrupted downloads, `images/.tmp-*`).
 //!
 //! Processes are found by the machine tag mvm puts in the environment of
 //! every supervisor and VMM it spawns ([`mvm_core::env::MVM_MACHINE_TAG`]),
@@ -44,6 +46,11 @@ pub enum Leftover {
         /// What it is.
         what: String,
     },
+    /// A blob, download or build directory no image needs.
+    Image {
+        /// What it is.
+        what: String,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -59,7 +66,9 @@ impl std::fmt::Display for Leftover {
                 process.cmdline,
                 process.instance_dir.display()
             ),
-            Leftover::Network { what } | Leftover::Template { what } => f.write_str(what),
+            Leftover::Network { what } | Leftover::Image { what } | Leftover::Template { what } => {
+                f.write_str(what)
+            }
         }
     }
 }
@@ -118,6 +127,12 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<Leftover>, RuntimeError> {
     }
     for what in crate::ops::template::leftovers(rt)? {
         out.push(Leftover::Template { what });
+    }
+    match mvm_oci::leftovers(rt.home()) {
+        Ok(l) => out.extend(l.into_iter().map(|l| Leftover::Image {
+            what: l.to_string(),
+        })),
+        Err(e) => tracing::warn!("cannot list image store leftovers: {e}"),
     }
     Ok(out)
 }
@@ -180,5 +195,25 @@ pub async fn gc(rt: &Runtime) -> Result<GcReport, RuntimeError> {
         report.kept.extend(net.kept.iter().map(|l| l.to_string()));
     }
     report.removed.extend(crate::ops::template::gc(rt)?);
+    match mvm_oci::gc(rt.home()) {
+        Ok(Some(g)) => {
+            let n = g.blobs + g.partials + g.builds;
+            if n > 0 {
+                report.removed.push(format!(
+                    "{} unused image blob(s), {} interrupted download(s), {} unfinished image build(s): {:.1} MB",
+                    g.blobs,
+                    g.partials,
+                    g.builds,
+                    g.bytes as f64 / 1e6
+                ));
+            }
+        }
+        Ok(None) => report
+            .kept
+            .push("image blobs: a pull or import is running; run `mvm gc` again later".into()),
+        Err(e) => report
+            .kept
+            .push(format!("image blobs: {}", crate::error_chain(&e))),
+    }
     Ok(report)
 }

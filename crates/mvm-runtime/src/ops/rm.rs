@@ -27,6 +27,12 @@ pub async fn remove(rt: &Runtime, name: &str, force: bool) -> Result<(), Runtime
             Err(RegistryError::Corrupt { .. }) => (Status::Broken, owned),
             Err(e) => return Err(e.into()),
         };
+        // A machine whose VMM already exited is being torn down by its
+        // owner: wait for that (as a stop does) rather than refuse.
+        if busy && !force && status == Status::Stopping {
+            crate::ops::stop::stop(rt, name, Duration::from_secs(10)).await?;
+            continue;
+        }
         if busy && !force {
             return Err(RuntimeError::WrongState {
                 name: name.to_owned(),

@@ -14,7 +14,8 @@
 //! this module.
 //!
 //! - **config** (`mvm-config`, ro, `/mnt/config`): `config.json` with the
-//!   machine's id, name and network identity.
+//!   machine's id, name and network identity, and its main process (key
+//!   `main`, read by the guest agent after boot).
 //! - **secrets** (`mvm-secrets`, `/mnt/secrets`): the guest copies the
 //!   files into a tmpfs (0400 root) and unmounts the drive. The image (mode
 //!   0600) stays in the instance directory so `mvm start` can boot again;
@@ -385,6 +386,13 @@ pub fn write_config_drive(rec: &InstanceRecord, dir: &InstanceDir) -> Result<(),
         cfg.prefix_len = Some(n.prefix);
         cfg.gateway = Some(n.gateway);
     }
+    cfg.main = rec.main.as_ref().map(|m| mvm_agent_proto::MainSpec {
+        argv: m.argv.clone(),
+        env: m.env.clone(),
+        cwd: m.cwd.clone(),
+        user: m.user.clone(),
+        poweroff_grace_ms: None,
+    });
     ConfigDrive::build(&dir.config_drive(), &cfg, &[]).map_err(drive_err("config"))?;
     Ok(())
 }

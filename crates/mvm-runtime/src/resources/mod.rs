@@ -10,7 +10,9 @@
 //! - [`network`]: address allocation, TAP + bridge + NAT, port forwarders;
 //! - [`egress`]: the egress policy's rules, DNS filter and state file;
 //! - [`backend`]: which hypervisor backend runs a machine;
-//! - [`agent`]: the way in to a running machine's guest agent.
+//! - [`agent`]: the way in to a running machine's guest agent;
+//! - [`process`]: the defaults of every command run in a machine (an OCI
+//!   image's Env, WorkingDir, User) and its main process.
 
 pub mod agent;
 pub mod backend;
@@ -18,3 +20,4 @@ pub mod disk;
 pub mod drives;
 pub mod egress;
 pub mod network;
+pub mod process;

@@ -13,7 +13,8 @@
 //! 3. takes the one stream to the guest agent and waits for the agent's
 //!    handshake (the machine is then *ready*);
 //! 4. serves `<instance>/agent.sock`, multiplexing every client onto that
-//!    stream, until the VMM exits or a stop is requested;
+//!    stream, until the VMM exits or a stop is requested; a machine with a
+//!    main process stops when it exits ([`main_process`]);
 //! 5. on a stop request (SIGTERM/SIGINT, with the timeout recorded by
 //!    `mvm stop`): while the guest boots, kills the VMM at once; once ready,
 //!    asks the guest agent to power off, then the VMM (ACPI / Ctrl-Alt-Del),
@@ -32,6 +33,7 @@
 //! for the detached supervisor).
 
 pub mod detached;
+pub mod main_process;
 pub mod restore;
 pub mod snapshot;
 pub mod spec;
@@ -62,6 +64,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reaping a killed VMM may take.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the main process's status, already on its way, may take to
+/// arrive after the VMM exited.
+const MAIN_STATUS_GRACE: Duration = Duration::from_millis(500);
 
 /// Progress of a supervisor, as seen by the process that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,7 +187,7 @@ pub async fn supervise(
     // Before the record is read: a change recorded from now on is either
     // in what `prepare` reads or signalled here.
     let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-    // Registered before anyone can see this process as the owner.
+    // Likewise for snapshot requests (`template.snapshot_request`).
     let mut snapshots =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     crate::fault::point("sup.adopted", None)?;
@@ -190,6 +195,7 @@ pub async fn supervise(
         r.owner = Some(me);
         r.owner_role = OwnerRole::Supervisor;
         r.error = None;
+        r.main_exit = None;
         Ok(())
     });
     let outcome = match record {
@@ -225,34 +231,43 @@ impl Supervisor<'_> {
         if rec.stop_request.is_some() {
             return Outcome::Ended("stopped before it started".into());
         }
-        // 1. Resources, cancelled by a stop request.
-        let prepared = tokio::select! {
-            r = self.prepare(rec, held) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
+        let has_main = rec.main.is_some();
+        // 1. Resources. Preparing is bounded (every step has a deadline) and
+        // not cancelled half-way — work handed to blocking threads (nft,
+        // name resolution) would finish after the teardown and leave rules
+        // behind; a stop that arrives meanwhile is honoured right after, with
+        // everything acquired in `held` for the teardown to release.
+        let prepared = self.prepare(rec, held).await;
         let (backend, spec, rec, launch) = match prepared {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
         };
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
 
-        // 2. The VMM (booted, or restored from a template).
+        // 2. The VMM (booted, or restored from a template). Its launch is
+        // bounded and not cancelled half-way: a stop that arrives meanwhile
+        // is honoured right after, with the VMM in hand, so the teardown
+        // kills *and reaps* it ("stopped" means no VMM process exists any
+        // more).
         let deadline = Instant::now() + LAUNCH_TIMEOUT;
-        let launched = tokio::select! {
-            r = restore::launch(&backend, &spec, &self.dir, &rec, launch, deadline, notify) => r,
-            _ = stop.recv() => return Outcome::Ended("stopped before it started".into()),
-        };
-        let launched = match launched {
-            Ok(r) => r,
-            Err(e) => return Outcome::Failed(e),
-        };
+        let launched =
+            restore::launch(&backend, &spec, &self.dir, &rec, launch, deadline, notify).await;
         let restore::Launched {
             vmm: mut running,
             reidentify,
             cold_boot,
             ..
-        } = launched;
+        } = match launched {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e),
+        };
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
+        if stop.try_recv().is_ok() {
+            return Outcome::Ended("stopped before it started".into());
+        }
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
@@ -341,12 +356,28 @@ impl Supervisor<'_> {
         tokio::pin!(serve);
         let mut serving = true;
         let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+        let main_wait = main_process::wait(&dir, has_main);
+        tokio::pin!(main_wait);
+        let (mut main_waiting, mut main_ended) = (has_main, None);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
                 _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
                 _ = snapshots.recv() => {
                     snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
+                }
+                r = &mut main_wait, if main_waiting => {
+                    main_waiting = false;
+                    match main_process::ended(self.rt, &self.name, r) {
+                        main_process::Ended::Lost => continue,
+                        main_process::Ended::Exited(d) => main_ended = Some(d),
+                        // Recorded as the machine's error.
+                        main_process::Ended::Unsupported(_) => {}
+                    }
+                    // The guest powers itself off; this backs it up.
+                    if stopping.is_none() {
+                        stopping = Some(Box::pin(graceful_stop(&backend, &dir, DEFAULT_STOP_TIMEOUT, false)));
+                    }
                 }
                 r = &mut serve, if serving => {
                     serving = false;
@@ -380,11 +411,18 @@ impl Supervisor<'_> {
                 }
             }
         };
-        Outcome::Ended(
+        if main_waiting
+            && let Ok(r) = tokio::time::timeout(MAIN_STATUS_GRACE, &mut main_wait).await
+            && let main_process::Ended::Exited(d) = main_process::ended(self.rt, &self.name, r)
+        {
+            // The guest powered off right after answering.
+            main_ended = Some(d);
+        }
+        Outcome::Ended(main_ended.unwrap_or_else(|| {
             status
                 .map(describe)
-                .unwrap_or_else(|e| format!("unknown ({e})")),
-        )
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        }))
     }
 
     /// Volumes, address, config drive, network, backend, spec and how to
