@@ -372,13 +372,12 @@ async fn start(ctx: &Ctx, table: &Table, out: &FrameSender, sid: u32, req: Reque
             ),
         ))),
         Request::Reidentify(req) => {
-            let pid1 = ctx.pid1;
-            let r = tokio::task::spawn_blocking(move || {
-                crate::identity::Target::current(pid1)
-                    .and_then(|t| crate::identity::reidentify(&req, &t))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("reidentify task failed: {e}")));
+            // On this thread, not the blocking pool: it takes milliseconds,
+            // comes before any other session of a just-restored guest, and
+            // a new thread there costs more than the work (every code path
+            // is translated again under TCG).
+            let r = crate::identity::Target::current(ctx.pid1)
+                .and_then(|t| crate::identity::reidentify(&req, &t));
             match r {
                 Ok(report) => reply(Message::Response(Response::Reidentified(report))),
                 Err(e) => {

@@ -132,6 +132,9 @@ pub enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Manage templates (an image plus a snapshot of a booted machine).
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Copy a file between the host and a running machine (one side is
     /// NAME:GUEST_PATH).
     Cp(CpArgs),
@@ -159,6 +162,73 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+/// `mvm template ...`.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Boot a machine, run the warm-up command, snapshot it.
+    Create(TemplateCreateArgs),
+    /// List templates.
+    Ls {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything known about a template.
+    Inspect {
+        /// Template name.
+        #[arg(add = ArgValueCandidates::new(complete::templates))]
+        name: String,
+        /// One JSON document (the default output is JSON too).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove templates (not while running machines need them).
+    Rm {
+        /// Template names.
+        #[arg(required = true, add = ArgValueCandidates::new(complete::templates))]
+        names: Vec<String>,
+        /// Remove even while machines restored from it run.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+}
+
+/// `mvm template create`.
+#[derive(Debug, Args)]
+pub struct TemplateCreateArgs {
+    /// Template name.
+    pub name: String,
+    /// Image to boot.
+    #[arg(long, conflicts_with = "from", add = ArgValueCandidates::new(complete::images))]
+    pub image: Option<String>,
+    /// Snapshot this running machine instead (it keeps running).
+    #[arg(long, value_name = "MACHINE", add = ArgValueCandidates::new(complete::running_machines))]
+    pub from: Option<String>,
+    /// vCPUs.
+    #[arg(long, conflicts_with = "from")]
+    pub cpus: Option<u8>,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MIB", conflicts_with = "from")]
+    pub memory: Option<u32>,
+    /// Backend.
+    #[arg(long, value_enum, conflicts_with = "from")]
+    pub backend: Option<BackendArg>,
+    /// Network mode of the template (and so of its clones).
+    #[arg(long, value_enum, conflicts_with = "from")]
+    pub network: Option<NetworkArg>,
+    /// Environment of the warm-up command.
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY=VAL",
+        conflicts_with = "from"
+    )]
+    pub env: Vec<String>,
+    /// The warm-up command (after `--`), run before the snapshot.
+    #[arg(last = true, conflicts_with = "from")]
+    pub warmup: Vec<String>,
 }
 
 /// `mvm cp`.
@@ -315,6 +385,14 @@ pub struct RunArgs {
     /// vCPUs); needs a confined VMM (root).
     #[arg(long, value_name = "CPUS")]
     pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
+    /// Restore this template instead of booting (the image is the
+    /// template's).
+    #[arg(long, add = ArgValueCandidates::new(complete::templates))]
+    pub template: Option<String>,
+    /// With --template: fail (instead of a cold boot) when the snapshot
+    /// cannot be restored.
+    #[arg(long, requires = "template")]
+    pub require_snapshot: bool,
     /// Default user of the main process and every exec (over the image's
     /// User): NAME, UID, NAME:GROUP or UID:GID.
     #[arg(short = 'u', long, value_name = "USER")]
@@ -435,6 +513,17 @@ pub struct ExecArgs {
     /// Image of the transient machine.
     #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::images))]
     pub image: Option<String>,
+    /// Restore the transient machine from this template instead of booting.
+    #[arg(
+        long,
+        conflicts_with_all = ["name", "image", "launch_plan"],
+        add = ArgValueCandidates::new(complete::templates)
+    )]
+    pub template: Option<String>,
+    /// With --template: fail (exit 125) instead of a cold boot when the
+    /// snapshot cannot be restored.
+    #[arg(long, requires = "template")]
+    pub require_snapshot: bool,
     /// vCPUs of the transient machine.
     #[arg(long, conflicts_with = "name")]
     pub cpus: Option<u8>,
@@ -508,6 +597,10 @@ pub struct ShellArgs {
     /// Template of the transient machine.
     #[arg(long, conflicts_with = "name", add = ArgValueCandidates::new(complete::templates))]
     pub template: Option<String>,
+    /// With --template: fail instead of a cold boot when the snapshot
+    /// cannot be restored.
+    #[arg(long, requires = "template")]
+    pub require_snapshot: bool,
     /// Environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,

@@ -14,5 +14,6 @@ mod e2e_lifecycle;
 mod e2e_machines;
 mod e2e_net;
 mod e2e_oci;
+mod e2e_templates;
 mod e2e_transient;
 mod e2e_tty;

@@ -41,6 +41,34 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Atomi
     Ok(())
 }
 
+/// [`write_atomic`] without the fsyncs: readers still see the old or the
+/// new content, never a torn file, but after a power loss the file may be
+/// empty or missing. For state that does not outlive its process anyway
+/// (the record of a transient machine), where the two fsyncs would be on
+/// the critical path of every command.
+pub fn write_atomic_volatile(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), AtomicWriteError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| AtomicWriteError {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    tmp.write_all(contents).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

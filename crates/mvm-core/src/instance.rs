@@ -337,6 +337,10 @@ pub struct InstanceRecord {
     /// `--no-jailer`, or a record of an earlier version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<crate::isolation::Isolation>,
+    /// Templates: the one this machine is a clone of, or its part in
+    /// making one (see `snapshot::TemplateUse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::snapshot::TemplateUse>,
     /// The main process (an OCI image's Entrypoint + Cmd, `mvm run IMAGE`):
     /// the machine stops when it exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,6 +394,7 @@ impl InstanceRecord {
             vsock_cid: None,
             env: Vec::new(),
             isolation: None,
+            template: None,
             main: None,
             main_exit: None,
         }

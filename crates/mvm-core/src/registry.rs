@@ -24,7 +24,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use crate::atomic::{AtomicWriteError, write_atomic};
+use crate::atomic::{AtomicWriteError, write_atomic, write_atomic_volatile};
 use crate::instance::InstanceRecord;
 use crate::name::{InvalidName, validate};
 use crate::paths::{InstanceDir, MvmHome};
@@ -366,7 +366,7 @@ impl Registry {
             .into());
         }
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
-        write_atomic(&staged.record(), &json, 0o644)?;
+        write_record(&staged.record(), record, &json)?;
         match rustix::fs::renameat_with(
             rustix::fs::CWD,
             staging.path(),
@@ -456,7 +456,7 @@ impl Registry {
     pub fn save(&self, record: &InstanceRecord) -> Result<(), RegistryError> {
         let dir = self.dir(&record.name);
         let json = serde_json::to_vec_pretty(record).expect("records serialize");
-        write_atomic(&dir.record(), &json, 0o644)?;
+        write_record(&dir.record(), record, &json)?;
         Ok(())
     }
 
@@ -504,6 +504,22 @@ impl Registry {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Write a record file: durably (fsync), unless the machine is transient —
+/// its record never outlives its owner, and a lost or empty one after a
+/// power loss is reaped like any unreadable record — so the fsyncs stay
+/// off the path of every transient `mvm exec`.
+fn write_record(
+    path: &std::path::Path,
+    record: &InstanceRecord,
+    json: &[u8],
+) -> Result<(), AtomicWriteError> {
+    if record.transient {
+        write_atomic_volatile(path, json, 0o644)
+    } else {
+        write_atomic(path, json, 0o644)
     }
 }
 

@@ -391,6 +391,87 @@ impl SnapshotMeta {
     }
 }
 
+/// A machine's relation to templates: the `template` field of its record
+/// (`InstanceRecord::template`). Every part is optional; a machine that
+/// never met a template has none of this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateUse {
+    /// The machine is a clone of a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<CloneOf>,
+    /// The machine is being made into a template: its RAM is on this file,
+    /// mapped shared (QEMU), so that its snapshot needs no copy of the RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<PathBuf>,
+    /// A snapshot its supervisor is asked to take (`mvm template create
+    /// --from`, or the template machine of `mvm template create`), set by
+    /// the asking process before it signals the supervisor (SIGUSR2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_request: Option<SnapshotRequest>,
+    /// The supervisor's answer to [`TemplateUse::snapshot_request`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_done: Option<SnapshotDone>,
+}
+
+/// Which template a clone came from, and how it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneOf {
+    /// The template's name when the clone was made.
+    pub template: String,
+    /// The template's store id (what its reference is filed under).
+    pub id: String,
+    /// The next start restores the snapshot (cleared once the clone ran:
+    /// later starts cold-boot its own disk).
+    pub restore: bool,
+    /// A restore that fails is an error, not a cold boot.
+    #[serde(default)]
+    pub require_snapshot: bool,
+    /// The root drive is the template's own disk behind a throwaway
+    /// copy-on-write layer of the VMM (QEMU `snapshot=on`): a transient
+    /// clone needs no disk file of its own.
+    #[serde(default)]
+    pub volatile_root: bool,
+    /// Restores the template's diskless snapshot (a transient QEMU clone
+    /// of an image that boots from its initramfs): no root drive at all.
+    #[serde(default)]
+    pub ram: bool,
+    /// Why the clone was cold-booted instead, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_boot: Option<String>,
+}
+
+/// A snapshot asked of a running machine's supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Tells requests apart (the answer repeats it).
+    pub id: u64,
+    /// The (existing, empty) snapshot directory to write.
+    pub dest: PathBuf,
+    /// Where to copy the root disk while the VM is paused (`None`: the
+    /// machine runs on its final disk already, or has none).
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    /// Where to copy the config drive while the VM is paused.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+}
+
+/// How a [`SnapshotRequest`] went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDone {
+    /// The request's id.
+    pub id: u64,
+    /// Pause + save + sync, in ms (when it worked).
+    #[serde(default)]
+    pub total_ms: u64,
+    /// Whether the VM runs on after the snapshot.
+    #[serde(default)]
+    pub resumed: bool,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// The current time as RFC 3339 (UTC), for [`SnapshotMeta::created`].
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()

@@ -65,7 +65,7 @@ pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1"]
 
 /// Fixed TSC frequency for TCG guests: without it about one boot in six
 /// hangs at "tsc: Unable to calibrate against PIT" (ENVIRONMENT.md).
-pub const TCG_TSC_ARG: &str = "tsc_early_khz=2000000";
+pub const TCG_TSC_ARG: &str = "tsc_early_khz=2000000 tsc=reliable";
 
 /// The `-sandbox` value of an isolated VMM.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -233,6 +233,10 @@ pub struct QemuArgs {
     pub memory: Option<MemoryFileArgs>,
     /// Start with `-incoming defer` (waiting for `migrate-incoming`).
     pub incoming: bool,
+    /// Ids of drives attached with `snapshot=on`: the file is opened
+    /// read-only and the guest's writes go to a throwaway copy-on-write
+    /// layer (a temporary qcow2 file QEMU unlinks at once, in `$TMPDIR`).
+    pub volatile: Vec<String>,
     /// Run under [`SANDBOX`].
     pub sandbox: bool,
     /// Inherited descriptors instead of paths (isolated VMMs).
@@ -284,6 +288,7 @@ impl QemuArgs {
             rng: true,
             memory: None,
             incoming: false,
+            volatile: Vec::new(),
             sandbox: spec.isolation.is_some(),
             fds: None,
         }
@@ -411,6 +416,9 @@ impl QemuArgs {
                 ));
                 if !d.read_only {
                     o.push(",discard=unmap");
+                }
+                if self.volatile.contains(&d.id) {
+                    o.push(",snapshot=on");
                 }
             });
             a.pair("-device", format!("virtio-blk-device,drive={}", d.id));
@@ -671,6 +679,17 @@ mod tests {
         assert_eq!(argv[pos("-cpu") + 1], "host");
         assert!(argv[pos("-M") + 1].contains("acpi=on"));
         assert!(!argv[pos("-append") + 1].contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn volatile_drives_get_a_throwaway_layer() {
+        let dir = InstanceDir::new("/h/i/web");
+        let mut a = QemuArgs::from_spec(&spec(), &dir, Accel::Tcg, None);
+        a.volatile = vec!["disk".into()];
+        let argv = render(&a.to_argv());
+        let drives: Vec<&String> = argv.iter().filter(|s| s.starts_with("id=")).collect();
+        assert!(!drives[0].contains("snapshot=on"), "{}", drives[0]);
+        assert!(drives[1].ends_with(",snapshot=on"), "{}", drives[1]);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Discovery {
     pub binary: Option<PathBuf>,
     /// Force this accelerator instead of probing KVM.
     pub accel: Option<Accel>,
+    /// Keep the version in this file, per binary (see [`crate::version`]).
+    pub version_cache: Option<PathBuf>,
 }
 
 /// How long a control operation (pause, resume, shutdown) may take.
@@ -83,6 +85,7 @@ pub struct QemuBackend {
     accel: Accel,
     accel_reason: String,
     user_net: Option<Vec<HostForward>>,
+    volatile: Vec<String>,
     user_restrict: bool,
 }
 
@@ -118,7 +121,10 @@ impl QemuBackend {
     /// caller's settings name (when they do).
     pub fn detect_with(d: &Discovery) -> Result<Self, BackendError> {
         let binary = find_binary(d.binary.as_deref())?;
-        let version = binary_version(&binary)?;
+        let version = match &d.version_cache {
+            Some(cache) => crate::version::cached_version(&binary, cache)?,
+            None => binary_version(&binary)?,
+        };
         let (accel, accel_reason) = match d.accel {
             Some(a) => (a, format!("forced by the configuration ({a})")),
             None => {
@@ -136,6 +142,7 @@ impl QemuBackend {
             accel,
             accel_reason,
             user_net: None,
+            volatile: Vec::new(),
             user_restrict: false,
         })
     }
@@ -148,6 +155,7 @@ impl QemuBackend {
             accel,
             accel_reason: "chosen by the caller".into(),
             user_net: None,
+            volatile: Vec::new(),
             user_restrict: false,
         }
     }
@@ -157,6 +165,14 @@ impl QemuBackend {
     /// still be `Some` (its MAC is used; its TAP name is ignored).
     pub fn with_user_net(mut self, forwards: Vec<HostForward>) -> Self {
         self.user_net = Some(forwards);
+        self
+    }
+
+    /// Attach the drives with these ids with `snapshot=on` (see
+    /// [`QemuArgs::volatile`]): a clone runs on its template's disk without
+    /// a disk file of its own, and nothing it writes survives it.
+    pub fn with_volatile_drives(mut self, ids: Vec<String>) -> Self {
+        self.volatile = ids;
         self
     }
 
@@ -198,6 +214,7 @@ impl QemuBackend {
         if let Some(crate::argv::NetArgs::User { restrict, .. }) = &mut a.net {
             *restrict = self.user_restrict;
         }
+        a.volatile = self.volatile.clone();
         a
     }
 
@@ -399,6 +416,9 @@ impl QemuBackend {
                 if let Some(o) = &opened {
                     o.prepare(&mut c, spec.transient);
                 }
+                // Temporary files (the layer of `snapshot=on` drives) go
+                // with the machine's other files.
+                c.env("TMPDIR", dir.root());
                 c.spawn()
             })
             .map_err(|e| err(format!("cannot start {}", self.binary.display())).with_source(e));

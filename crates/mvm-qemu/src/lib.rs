@@ -6,6 +6,7 @@
 //! - [`qmp`]: a small typed async client for the QEMU Machine Protocol.
 //! - [`snapshot`]: snapshot/restore through QEMU's migration (file-backed
 //!   guest RAM mapped privately by clones).
+//! - [`version`]: the QEMU version, cached per binary.
 //! - [`backend`]: [`QemuBackend`], discovery of the binary, choice of
 //!   accelerator (KVM when usable, TCG otherwise) and the
 //!   [`mvm_core::VmBackend`] implementation.
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod isolate;
 pub mod qmp;
 pub mod snapshot;
+pub mod version;
 
 pub use argv::{Accel, FwdProto, HostForward, MemoryFileArgs, NetArgs, QemuArgs};
 pub use backend::{Discovery, DoctorReport, QemuBackend};

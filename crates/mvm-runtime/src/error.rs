@@ -92,6 +92,18 @@ pub enum RuntimeError {
     /// IO error (the message names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A template problem (store, files, compatibility).
+    #[error(transparent)]
+    Template(Box<mvm_template::TemplateError>),
+    /// `--require-snapshot` and the template's snapshot cannot serve the
+    /// machine (the reason says why).
+    #[error("template {template:?}: {reason} (and --require-snapshot forbids a cold boot)")]
+    SnapshotRequired {
+        /// The template.
+        template: String,
+        /// Why a restore is not possible.
+        reason: String,
+    },
     /// Invalid user input (the message names the input).
     #[error("{0}")]
     Invalid(String),
@@ -106,6 +118,12 @@ pub enum RuntimeError {
 impl From<crate::resources::drives::DrivesError> for RuntimeError {
     fn from(e: crate::resources::drives::DrivesError) -> Self {
         Self::Drives(Box::new(e))
+    }
+}
+
+impl From<mvm_template::TemplateError> for RuntimeError {
+    fn from(e: mvm_template::TemplateError) -> Self {
+        Self::Template(Box::new(e))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Fault injection for tests: named points at the step boundaries of `run`,
-//! `start`, `stop`, `rm`, transient `exec` and the supervisor, where a test
+//! `start`, `stop`, `rm`, transient `exec`, `template create`, restores
+//! and the supervisor, where a test
 //! can SIGKILL the process that reaches the point, SIGKILL the machine's VMM,
 //! or make the step fail.
 //!
@@ -66,6 +67,14 @@ pub const POINTS: &[(&str, &[Action])] = &[
     // transient exec, in the CLI
     ("exec.ready", &[Kill, KillVmm]),
     ("exec.command_done", &[Kill, KillVmm]),
+    // a clone restored from a template (supervisor)
+    ("sup.restored", &[Kill, KillVmm]),
+    // template create: staging begun, the snapshot (in the supervisor of
+    // the template machine), before the commit
+    ("tmpl.staged", &[Kill, Fail]),
+    ("tmpl.snapshot", &[Kill, Fail]),
+    ("tmpl.snapshotted", &[Kill]),
+    ("tmpl.commit", &[Kill, Fail]),
 ];
 
 #[cfg(feature = "fault-injection")]

@@ -11,6 +11,10 @@
 //!     template.json        Manifest: what it is and the digest of every file
 //!     snapshot/            the backend's snapshot (mvm_core::snapshot)
 //!     disk.ext4            the template machine's root disk, if it had one
+//!     config.ext4          its config drive (transient clones attach it as is)
+//!     ram-snapshot/        images booting from their initramfs (the default
+//!     ram-config.ext4        image): a second snapshot of the same machine
+//!                            without a root disk, for transient clones
 //!     refs/<machine>       one file per machine that still needs these files
 //!     creator              only while being created: the creating process
 //! ```
@@ -20,7 +24,7 @@
 //! A template is built in a fresh `.store/<id>/` ([`Store::begin`]): the
 //! template machine runs with its RAM file (QEMU) and root disk already
 //! there, the backend writes the snapshot into `snapshot/`. [`Staging::commit`]
-//! fsyncs every file, records its size, fingerprint and SHA-256 in
+//! fsyncs every file, records its size, fingerprint and content digest in
 //! `template.json` (written atomically), fsyncs the directory and only then
 //! creates the symlink `<name>` — one `symlink(2)`, which fails if the name
 //! is taken, so of two concurrent creates of one name exactly one wins and a
@@ -68,7 +72,7 @@ use mvm_core::snapshot::{MemoryMode, SnapshotDir, SnapshotError, allocated_bytes
 use serde::{Deserialize, Serialize};
 
 pub use cow::CloneMethod;
-use digest::{Fingerprint, sha256_file};
+use digest::{Fingerprint, content_digest};
 
 /// Version of the `template.json` format.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -78,6 +82,9 @@ const LOCK: &str = ".lock";
 const MANIFEST: &str = "template.json";
 const SNAPSHOT: &str = "snapshot";
 const DISK: &str = "disk.ext4";
+const CONFIG: &str = "config.ext4";
+const RAM_SNAPSHOT: &str = "ram-snapshot";
+const RAM_CONFIG: &str = "ram-config.ext4";
 const REFS: &str = "refs";
 const CREATOR: &str = "creator";
 
@@ -200,8 +207,8 @@ pub struct FileRecord {
     pub path: String,
     /// Size, mtime, ctime, inode at commit.
     pub fingerprint: Fingerprint,
-    /// SHA-256 of the content.
-    pub sha256: String,
+    /// Its content digest (`digest::content_digest`).
+    pub digest: String,
 }
 
 /// Sizes of a template, in bytes.
@@ -432,6 +439,8 @@ impl Store {
         }
         let id = new_id();
         let dir = self.store_dir(&id);
+        // The directory and its creator file appear together for `gc`.
+        let _lock = self.lock()?;
         let e = |p: &Path| {
             let p = p.to_owned();
             let name = name.to_owned();
@@ -537,7 +546,9 @@ impl Store {
         let refs = template.dir.join(REFS);
         fs_err::create_dir_all(&refs).map_err(|e| io_err(&template.name, &refs, e))?;
         let path = refs.join(machine);
-        mvm_core::atomic::write_atomic(&path, now_rfc3339().as_bytes(), 0o600)
+        // Not durable: a reference matters only while its machine runs,
+        // and nothing runs after a power loss.
+        mvm_core::atomic::write_atomic_volatile(&path, now_rfc3339().as_bytes(), 0o600)
             .map_err(|e| io_err(&template.name, &path, e.source))?;
         Ok(())
     }
@@ -783,6 +794,22 @@ impl Staging {
         self.dir.join(DISK)
     }
 
+    /// Where the template machine's config drive lives.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG)
+    }
+
+    /// Where the second, diskless snapshot goes (created on first use);
+    /// see the crate docs.
+    pub fn ram_snapshot(&self) -> SnapshotDir {
+        SnapshotDir::new(self.dir.join(RAM_SNAPSHOT))
+    }
+
+    /// The config drive of the diskless machine.
+    pub fn ram_config(&self) -> PathBuf {
+        self.dir.join(RAM_CONFIG)
+    }
+
     /// Copy `src` (e.g. a running machine's disk, paused) to [`Staging::disk`]
     /// as a copy-on-write clone.
     pub fn import_disk(&self, src: &Path) -> Result<CloneMethod, TemplateError> {
@@ -816,6 +843,24 @@ impl Staging {
         if self.disk().exists() {
             rels.push(DISK.to_owned());
         }
+        if self.config().exists() {
+            rels.push(CONFIG.to_owned());
+        }
+        let ram = self.ram_snapshot();
+        if ram.meta().exists() {
+            let ram_meta = ram.read_meta().map_err(|source| TemplateError::Snapshot {
+                name: name.clone(),
+                source,
+            })?;
+            rels.push(format!("{RAM_SNAPSHOT}/vmstate"));
+            rels.push(format!("{RAM_SNAPSHOT}/snapshot.json"));
+            if ram_meta.memory == MemoryMode::MemoryFile {
+                rels.push(format!("{RAM_SNAPSHOT}/memory"));
+            }
+            if self.ram_config().exists() {
+                rels.push(RAM_CONFIG.to_owned());
+            }
+        }
         let mut files = Vec::new();
         for rel in rels {
             let path = self.dir.join(&rel);
@@ -823,11 +868,11 @@ impl Staging {
             f.sync_all().map_err(|e| io_err(&name, &path, e))?;
             drop(f);
             let fingerprint = Fingerprint::of(&path).map_err(|e| io_err(&name, &path, e))?;
-            let sha256 = sha256_file(&path).map_err(|e| io_err(&name, &path, e))?;
+            let digest = content_digest(&path).map_err(|e| io_err(&name, &path, e))?;
             files.push(FileRecord {
                 path: rel,
                 fingerprint,
-                sha256,
+                digest,
             });
         }
         let sizes = Sizes {
@@ -850,20 +895,22 @@ impl Staging {
             created: now_rfc3339(),
             provenance,
             sizes: Sizes {
-                total_allocated: sizes.memory_allocated
-                    + sizes.disk_allocated
-                    + allocated_bytes(&snap.state())
-                    + allocated_bytes(&snap.meta()),
+                total_allocated: std::iter::once(MANIFEST.to_owned())
+                    .chain(files.iter().map(|f| f.path.clone()))
+                    .map(|rel| allocated_bytes(&self.dir.join(rel)))
+                    .sum(),
                 ..sizes
             },
             files,
         };
-        let _ = fs_err::remove_file(self.dir.join(CREATOR));
         let path = self.dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         mvm_core::atomic::write_atomic(&path, &json, 0o600)
             .map_err(|e| io_err(&name, &path, e.source))?;
         fsync_dir(&self.dir.join(SNAPSHOT));
+        if ram.root().exists() {
+            fsync_dir(ram.root());
+        }
         fsync_dir(&self.dir);
         fsync_dir(&self.store.root.join(STORE));
         let _lock = self.store.lock()?;
@@ -877,6 +924,9 @@ impl Staging {
             Err(e) => return Err(io_err(&name, &link, e)),
         }
         fsync_dir(&self.store.root);
+        // Only now: until the name links to it, the creator file is what
+        // tells `gc` the directory is not a leftover.
+        let _ = fs_err::remove_file(self.dir.join(CREATOR));
         self.committed = true;
         Ok(Template {
             name,
@@ -916,6 +966,28 @@ impl Template {
             .iter()
             .any(|f| f.path == DISK)
             .then_some(d)
+    }
+
+    /// The diskless snapshot, if the template has one (see the crate
+    /// docs), and its config drive.
+    pub fn ram_snapshot(&self) -> Option<(SnapshotDir, PathBuf)> {
+        let meta = format!("{RAM_SNAPSHOT}/snapshot.json");
+        self.manifest.files.iter().any(|f| f.path == meta).then(|| {
+            (
+                SnapshotDir::new(self.dir.join(RAM_SNAPSHOT)),
+                self.dir.join(RAM_CONFIG),
+            )
+        })
+    }
+
+    /// The template machine's config drive, if it was kept.
+    pub fn config(&self) -> Option<PathBuf> {
+        let c = self.dir.join(CONFIG);
+        self.manifest
+            .files
+            .iter()
+            .any(|f| f.path == CONFIG)
+            .then_some(c)
     }
 
     /// Make `dst` (new) a copy-on-write view of the template's disk.
@@ -963,13 +1035,14 @@ impl Template {
             if how == Verify::Quick && now == f.fingerprint {
                 continue;
             }
-            let sha = sha256_file(&path).map_err(|e| io_err(&self.name, &path, e))?;
-            if sha != f.sha256 {
+            let sha = content_digest(&path).map_err(|e| io_err(&self.name, &path, e))?;
+            if sha != f.digest {
                 return Err(snap_err(SnapshotError::Corrupt {
                     path,
                     detail: format!(
-                        "its SHA-256 is {sha}, {} when the template was made",
-                        f.sha256
+                        "its content digest is {}..., it was {}... when the template was made",
+                        &sha[..12],
+                        &f.digest[..f.digest.len().min(12)]
                     ),
                 }));
             }

@@ -70,6 +70,14 @@ pub async fn run(a: ExecArgs, quiet: bool) -> Result<u8> {
         cpu_quota: a.cpu_quota,
         ..Default::default()
     };
+    if let Some(t) = &a.template {
+        let req = mvm_runtime::ops::template::CloneRequest {
+            template: t.clone(),
+            require_snapshot: a.require_snapshot,
+            backend: a.backend.map(Into::into),
+        };
+        return crate::commands::template::exec_clone(&rt, &req, create, &opts).await;
+    }
     mvm_runtime::ops::create::check(&rt, &create)?;
     // Transient: set the host up on first use (packages, default image).
     let ti = Instant::now();

@@ -18,6 +18,7 @@ mod shell;
 mod start;
 mod stop;
 mod supervise;
+mod template;
 mod update;
 mod volume;
 
@@ -41,7 +42,9 @@ pub fn failure_code(cmd: &Command) -> u8 {
 /// human to clean up).
 pub fn runtime() -> Result<Runtime> {
     let rt = Runtime::open(MvmHome::from_env())?;
+    tracing::debug!("runtime opened");
     mvm_runtime::ops::recover::reap(&rt);
+    tracing::debug!("machines reaped");
     Ok(rt)
 }
 
@@ -126,6 +129,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Update(a) => update::run(a).await,
         Command::Gc => gc::run().await,
         Command::Volume(c) => volume::run(c),
+        Command::Template(c) => template::run(c, quiet).await,
         Command::Cp(a) => cp::run(a).await,
         Command::Shell(a) => shell::run(a, quiet).await,
         Command::Completion(a) => completion::run(a),

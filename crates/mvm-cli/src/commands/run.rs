@@ -44,15 +44,29 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<u8> {
                 .collect::<Result<_, _>>()?,
             add_dirs: Vec::new(),
         },
+        template: None,
         main: Some(a.command.clone()),
         user: a.user.clone(),
         workdir: a.workdir.clone(),
         no_jailer: a.no_jailer,
         cpu_quota: a.cpu_quota,
     };
-    mvm_runtime::ops::create::check(&rt, &opts)?;
-    let image = crate::commands::image::resolve(&rt, &a.image, &a.pull, quiet).await?;
-    tracing::debug!("timing: options checked, image ready");
+    let (image, opts) = match &a.template {
+        Some(t) => {
+            let req = mvm_runtime::ops::template::CloneRequest {
+                template: t.clone(),
+                require_snapshot: a.require_snapshot,
+                backend: a.backend.map(Into::into),
+            };
+            crate::commands::template::clone_plan(&rt, &req, &a.image, opts)?
+        }
+        None => {
+            mvm_runtime::ops::create::check(&rt, &opts)?;
+            let image = crate::commands::image::resolve(&rt, &a.image, &a.pull, quiet).await?;
+            tracing::debug!("timing: options checked, image ready");
+            (image, opts)
+        }
+    };
     let created = mvm_runtime::ops::create::create(&rt, &opts, &image)?;
     let name = created.record.name.clone();
     egress_note(&rt, opts.egress.as_ref(), opts.network, quiet);

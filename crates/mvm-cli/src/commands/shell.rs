@@ -11,9 +11,6 @@ use crate::progress::Bars;
 
 pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
     check_tty()?;
-    if a.template.is_some() {
-        anyhow::bail!("--template: templates are not available yet");
-    }
     let rt = runtime()?;
     let opts = ExecOptions {
         user: a.user.clone(),
@@ -22,6 +19,18 @@ pub async fn run(a: ShellArgs, quiet: bool) -> Result<u8> {
     if let Some(name) = &a.name {
         let outcome = mvm_runtime::ops::exec::exec(&rt, name, &opts).await?;
         return Ok(outcome.exit_code() as u8);
+    }
+    if let Some(t) = &a.template {
+        let req = mvm_runtime::ops::template::CloneRequest {
+            template: t.clone(),
+            require_snapshot: a.require_snapshot,
+            backend: None,
+        };
+        let create = CreateOptions {
+            backend: rt.config().backend,
+            ..Default::default()
+        };
+        return crate::commands::template::exec_clone(&rt, &req, create, &opts).await;
     }
     mvm_runtime::host::ensure_tools(rt.home(), true, &Bars::new(quiet))?;
     let image_name = a.image.clone().unwrap_or_else(|| "default".into());

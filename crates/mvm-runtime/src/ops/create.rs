@@ -59,6 +59,9 @@ pub struct CreateOptions {
     /// `--cpu-quota`: the CPU cap of the machine's cgroup (config
     /// `cpu_quota` when `None`; else its vCPUs).
     pub cpu_quota: Option<mvm_core::isolation::CpuQuota>,
+    /// A clone of a template, or the machine that becomes one: its drives
+    /// come from [`crate::ops::template::attach_drives`].
+    pub template: Option<crate::ops::template::TemplateDrives>,
     /// Run a main process (`mvm run`): the image's Entrypoint followed by
     /// this command, or by the image's Cmd when it is empty (see
     /// [`process`]). `None`: no main process (a transient exec).
@@ -85,6 +88,7 @@ impl Default for CreateOptions {
             data: drives::DataOptions::default(),
             no_jailer: false,
             cpu_quota: None,
+            template: None,
             main: None,
             user: None,
             workdir: None,
@@ -284,15 +288,21 @@ pub fn create(
         })?;
     }
     tracing::debug!("timing: name claimed, CID and confinement allocated");
-    if disk::needed(image, opts.transient) {
-        rec.drives.push(disk::create(image, &dir)?);
+    match &opts.template {
+        Some(t) => crate::ops::template::attach_drives(rt, &mut rec, &dir, image, t)?,
+        None => {
+            if disk::needed(image, opts.transient) {
+                rec.drives.push(disk::create(image, &dir)?);
+            }
+            tracing::debug!("timing: root disk made");
+            crate::fault::point("create.drives", None)?;
+            drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
+        }
     }
-    tracing::debug!("timing: root disk made");
-    crate::fault::point("create.drives", None)?;
     process::save(&dir, &defaults)?;
-    drives::attach(rt.home(), &mut rec, &dir, &opts.data)?;
     let (record, ()) = registry.update(&name, |r| {
         r.drives = rec.drives.clone();
+        r.template = rec.template.clone();
         Ok(r.transition(Status::Created)?)
     })?;
     tracing::debug!("timing: drives built, machine created");

@@ -400,6 +400,7 @@ pub async fn exec_transient(
         image,
     )?;
     let name = created.record.name.clone();
+    tracing::debug!("machine {name} created");
     // Hand-over to ourselves as the supervisor, unless a stop came first.
     let handed = rt.registry().update(&name, |r| {
         r.transition(Status::Starting)?;
@@ -440,6 +441,7 @@ pub async fn exec_transient(
                     boot_ms.set(started_at.elapsed().as_millis() as u64);
                     break;
                 }
+                Some(Event::Notice { message }) => eprintln!("mvm: {message}"),
                 Some(Event::Failed { message }) => {
                     return Err(RuntimeError::StartFailed {
                         name: name.clone(),
@@ -482,6 +484,7 @@ pub async fn exec_transient(
         }
     };
     let td = Instant::now();
+    tracing::debug!("command done");
     let mut result = result;
     if sup_result.is_none() {
         // rw added directories: the guest powers off (syncing) before the
@@ -532,7 +535,7 @@ pub async fn exec_transient(
 
 /// SIGINT, SIGTERM and SIGHUP, registered at once (unlike
 /// `tokio::signal::ctrl_c()`, which registers only when first polled).
-struct Interrupts {
+pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -542,7 +545,7 @@ struct Interrupts {
 }
 
 impl Interrupts {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
@@ -553,7 +556,7 @@ impl Interrupts {
     }
 
     /// The next of them, as the outcome of the exec it ends.
-    async fn recv(&mut self) -> ExecOutcome {
+    pub(crate) async fn recv(&mut self) -> ExecOutcome {
         use rustix::process::Signal;
         tokio::select! {
             _ = self.int.recv() => ExecOutcome::Interrupted,

@@ -48,6 +48,12 @@ pub enum Leftover {
         /// What it is.
         leftover: jail::JailLeftover,
     },
+    /// An unfinished template, or a template reference of a machine that
+    /// does not run.
+    Template {
+        /// What it is.
+        what: String,
+    },
     /// A blob, download or build directory no image needs.
     Image {
         /// What it is.
@@ -68,7 +74,9 @@ impl std::fmt::Display for Leftover {
                 process.cmdline,
                 process.instance_dir.display()
             ),
-            Leftover::Network { what } | Leftover::Image { what } => f.write_str(what),
+            Leftover::Network { what } | Leftover::Image { what } | Leftover::Template { what } => {
+                f.write_str(what)
+            }
             Leftover::Jail { leftover } => leftover.fmt(f),
         }
     }
@@ -128,6 +136,9 @@ pub fn leftovers(rt: &Runtime) -> Result<Vec<Leftover>, RuntimeError> {
     }
     for leftover in jail::leftovers(rt) {
         out.push(Leftover::Jail { leftover });
+    }
+    for what in crate::ops::template::leftovers(rt)? {
+        out.push(Leftover::Template { what });
     }
     match mvm_oci::leftovers(rt.home()) {
         Ok(l) => out.extend(l.into_iter().map(|l| Leftover::Image {
@@ -201,6 +212,7 @@ pub async fn gc(rt: &Runtime) -> Result<GcReport, RuntimeError> {
             .extend(net.removed.iter().map(|l| l.to_string()));
         report.kept.extend(net.kept.iter().map(|l| l.to_string()));
     }
+    report.removed.extend(crate::ops::template::gc(rt)?);
     match mvm_oci::gc(rt.home()) {
         Ok(Some(g)) => {
             let n = g.blobs + g.partials + g.builds;

@@ -13,4 +13,5 @@ pub mod recover;
 pub mod rm;
 pub mod start;
 pub mod stop;
+pub mod template;
 pub mod update;

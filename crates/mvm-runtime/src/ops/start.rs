@@ -152,6 +152,7 @@ pub async fn start_owned(
                     return Ok(StartOutcome::Started(report));
                 }
             }
+            Some(Event::Notice { message }) => eprintln!("mvm: {message}"),
             Some(Event::Ready { boot_ms }) => {
                 report.boot_ms = Some(boot_ms);
                 return Ok(StartOutcome::Started(report));

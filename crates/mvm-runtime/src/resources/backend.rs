@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mvm_core::backend::{
-    BackendChoice, BackendError, BackendKind, Capabilities, RunningVmm, VmBackend, VmSpec,
-    kvm_usable,
+    BackendChoice, BackendError, BackendKind, Capabilities, RestoredVmm, RunningVmm, VmBackend,
+    VmSpec, kvm_usable,
 };
 use mvm_core::config::Config;
+use mvm_core::snapshot::{MemoryBacking, SnapshotDir, SnapshotInfo};
 use mvm_core::{InstanceDir, MvmHome};
 use tokio::net::UnixStream;
 
@@ -71,6 +72,15 @@ pub fn select(choice: BackendChoice, config: &Config, home: &MvmHome) -> Selecti
 /// The QEMU backend as the settings describe it (`qemu_bin`,
 /// `qemu_accel`).
 pub fn qemu(config: &Config) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
+    qemu_cached(config, None)
+}
+
+/// [`qemu`], with its version cached under `home` (see `mvm_qemu::version`:
+/// asking QEMU costs more than restoring a clone).
+fn qemu_cached(
+    config: &Config,
+    home: Option<&MvmHome>,
+) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
     use mvm_core::config::QemuAccel;
     Ok(mvm_qemu::QemuBackend::detect_with(&mvm_qemu::Discovery {
         binary: config.qemu_bin.clone(),
@@ -78,6 +88,7 @@ pub fn qemu(config: &Config) -> Result<mvm_qemu::QemuBackend, RuntimeError> {
             QemuAccel::Kvm => mvm_qemu::Accel::Kvm,
             QemuAccel::Tcg => mvm_qemu::Accel::Tcg,
         }),
+        version_cache: home.map(|h| h.cache_dir().join("qemu-version.json")),
     })?)
 }
 
@@ -90,7 +101,7 @@ impl AnyBackend {
     /// Instantiate the backend of `kind`.
     pub fn open(kind: BackendKind, config: &Config, home: &MvmHome) -> Result<Self, RuntimeError> {
         match kind {
-            BackendKind::Qemu => Ok(Self::Qemu(qemu(config)?)),
+            BackendKind::Qemu => Ok(Self::Qemu(qemu_cached(config, Some(home))?)),
             BackendKind::Firecracker => {
                 let bin =
                     firecracker_binary(config, home).ok_or_else(|| RuntimeError::Missing {
@@ -142,7 +153,22 @@ impl AnyBackend {
                 )
             }
             other => other,
-        })
+        }
+        .with_clone_drives(rec))
+    }
+
+    /// A clone whose root drive is its template's disk (QEMU transient
+    /// clones) attaches it with a throwaway copy-on-write layer.
+    fn with_clone_drives(self, rec: &mvm_core::InstanceRecord) -> Self {
+        let volatile = rec
+            .template
+            .as_ref()
+            .and_then(|t| t.clone_of.as_ref())
+            .is_some_and(|c| c.volatile_root);
+        match self {
+            Self::Qemu(q) if volatile => Self::Qemu(q.with_volatile_drives(vec!["root".into()])),
+            other => other,
+        }
     }
 
     /// Which backend.
@@ -171,6 +197,48 @@ impl AnyBackend {
         match self {
             Self::Qemu(b) => b.launch(spec, dir, deadline).await,
             Self::Firecracker(b) => b.launch(spec, dir, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::launch_with_memory`].
+    pub async fn launch_with_memory(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        memory: &MemoryBacking,
+        deadline: Instant,
+    ) -> Result<RunningVmm, BackendError> {
+        match self {
+            Self::Qemu(b) => b.launch_with_memory(spec, dir, memory, deadline).await,
+            Self::Firecracker(b) => b.launch_with_memory(spec, dir, memory, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::snapshot`].
+    pub async fn snapshot(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        dest: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<SnapshotInfo, BackendError> {
+        match self {
+            Self::Qemu(b) => b.snapshot(spec, dir, dest, deadline).await,
+            Self::Firecracker(b) => b.snapshot(spec, dir, dest, deadline).await,
+        }
+    }
+
+    /// See [`VmBackend::restore`].
+    pub async fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        from: &SnapshotDir,
+        deadline: Instant,
+    ) -> Result<RestoredVmm, BackendError> {
+        match self {
+            Self::Qemu(b) => b.restore(spec, dir, from, deadline).await,
+            Self::Firecracker(b) => b.restore(spec, dir, from, deadline).await,
         }
     }
 

@@ -25,11 +25,17 @@
 //! SIGUSR1 asks it to enforce the egress policy now in the record (`mvm
 //! update`; see `resources::egress`), once the VMM runs.
 //!
+//! A clone of a template is restored instead of booted, and made a machine
+//! of its own before it is ready ([`restore`]); SIGUSR2 asks for a snapshot
+//! of the running machine ([`snapshot`], `mvm template create`).
+//!
 //! Progress goes to whoever started it as [`Event`]s (JSON lines on stdout
 //! for the detached supervisor).
 
 pub mod detached;
 pub mod main_process;
+pub mod restore;
+pub mod snapshot;
 pub mod spec;
 pub mod teardown;
 
@@ -77,6 +83,12 @@ pub enum Event {
     Ready {
         /// Milliseconds from `started` to the agent's handshake.
         boot_ms: u64,
+    },
+    /// Something the user should know that does not stop the start (a
+    /// clone cold-booted instead of restored, and why).
+    Notice {
+        /// One line.
+        message: String,
     },
     /// Start failed; nothing is left running.
     Failed {
@@ -175,6 +187,9 @@ pub async fn supervise(
     // Before the record is read: a change recorded from now on is either
     // in what `prepare` reads or signalled here.
     let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    // Likewise for snapshot requests (`template.snapshot_request`).
+    let mut snapshots =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     crate::fault::point("sup.adopted", None)?;
     tracing::debug!("timing: supervisor adopted the machine");
     let record = rt.registry().update(name, |r| {
@@ -186,8 +201,15 @@ pub async fn supervise(
     });
     let outcome = match record {
         Ok((rec, ())) => {
-            sup.lifecycle(rec, &mut held, &mut stop, &mut reload, &mut notify)
-                .await
+            sup.lifecycle(
+                rec,
+                &mut held,
+                &mut stop,
+                &mut reload,
+                &mut snapshots,
+                &mut notify,
+            )
+            .await
         }
         Err(e) => Outcome::Failed(e.into()),
     };
@@ -203,6 +225,7 @@ impl Supervisor<'_> {
         held: &mut Held,
         stop: &mut StopRequests,
         reload: &mut tokio::signal::unix::Signal,
+        snapshots: &mut tokio::signal::unix::Signal,
         notify: &mut impl FnMut(Event),
     ) -> Outcome {
         let t0 = Instant::now();
@@ -216,7 +239,7 @@ impl Supervisor<'_> {
         // behind; a stop that arrives meanwhile is honoured right after, with
         // everything acquired in `held` for the teardown to release.
         let prepared = self.prepare(rec, held).await;
-        let (backend, spec) = match prepared {
+        let (backend, spec, rec, launch) = match prepared {
             Ok(x) => x,
             Err(e) => return Outcome::Failed(e),
         };
@@ -224,16 +247,22 @@ impl Supervisor<'_> {
             return Outcome::Ended("stopped before it started".into());
         }
 
-        // 2. The VMM. Its launch is bounded and not cancelled half-way: a
-        // stop that arrives meanwhile is honoured right after, with the VMM
-        // in hand, so the teardown kills *and reaps* it ("stopped" means no
-        // VMM process exists any more).
-        let launched = backend
-            .launch(&spec, &self.dir, Instant::now() + LAUNCH_TIMEOUT)
-            .await;
-        let mut running = match launched {
+        // 2. The VMM (booted, or restored from a template). Its launch is
+        // bounded and not cancelled half-way: a stop that arrives meanwhile
+        // is honoured right after, with the VMM in hand, so the teardown
+        // kills *and reaps* it ("stopped" means no VMM process exists any
+        // more).
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
+        let launched =
+            restore::launch(&backend, &spec, &self.dir, &rec, launch, deadline, notify).await;
+        let restore::Launched {
+            vmm: mut running,
+            reidentify,
+            cold_boot,
+            ..
+        } = match launched {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(e.into()),
+            Err(e) => return Outcome::Failed(e),
         };
         let vmm_pid = running.child.id().unwrap_or_default();
         held.child = Some(running.child);
@@ -244,6 +273,7 @@ impl Supervisor<'_> {
         let recorded = self.rt.registry().update(&self.name, |r| {
             r.vmm = ProcessIdentity::of(vmm_pid);
             r.started_at = Some(time::OffsetDateTime::now_utc());
+            restore::mark_launched(r, cold_boot.clone());
             // "running" means the VMM runs the guest (as Docker's "running"
             // means the process runs); readiness is the `ready` event.
             r.transition(Status::Running)?;
@@ -274,7 +304,7 @@ impl Supervisor<'_> {
                     .await
                     .map_err(|e| e.with_logs(&dir))?,
             };
-            let link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
+            let mut link = mvm_agent_proto::mux::wait_guest_ready(guest, boot_deadline)
                 .await
                 .map_err(|e| {
                     mvm_core::backend::BackendError::new(
@@ -284,6 +314,10 @@ impl Supervisor<'_> {
                     .with_source(e)
                     .with_logs(&dir)
                 })?;
+            tracing::debug!("guest agent handshake done");
+            if let Some(req) = reidentify {
+                restore::reidentify(&mut link, req, &backend, &dir, boot_deadline).await?;
+            }
             let listener = UnixListener::bind(dir.agent_socket())?;
             Ok::<_, RuntimeError>((link, listener))
         };
@@ -304,6 +338,9 @@ impl Supervisor<'_> {
                 // during the start cancels it.
                 _ = stop.recv() => return Outcome::Ended("stopped while starting".into()),
                 _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
+                _ = snapshots.recv() => {
+                    snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
+                }
             }
         };
         let (link, listener) = match ready {
@@ -329,6 +366,9 @@ impl Supervisor<'_> {
             tokio::select! {
                 status = child.wait() => break status,
                 _ = reload.recv() => self.reload_egress(held.egress.as_ref()),
+                _ = snapshots.recv() => {
+                    snapshot::serve(self.rt, &self.name, &dir, &backend, &spec).await;
+                }
                 r = &mut main_wait, if main_waiting => {
                     main_waiting = false;
                     match main_process::ended(self.rt, &self.name, r) {
@@ -388,12 +428,21 @@ impl Supervisor<'_> {
         }))
     }
 
-    /// Volumes, address, config drive, network, backend and spec.
+    /// Volumes, address, config drive, network, backend, spec and how to
+    /// launch (the record as prepared comes back too).
     async fn prepare(
         &self,
         rec: InstanceRecord,
         held: &mut Held,
-    ) -> Result<(AnyBackend, mvm_core::backend::VmSpec), RuntimeError> {
+    ) -> Result<
+        (
+            AnyBackend,
+            mvm_core::backend::VmSpec,
+            InstanceRecord,
+            restore::Launch,
+        ),
+        RuntimeError,
+    > {
         let rt = self.rt;
         let registry = rt.registry();
         // (`timing:` events: `MVM_LOG=debug` profiles a start step by step.)
@@ -414,10 +463,13 @@ impl Supervisor<'_> {
         held.egress = egress::up(rt.config(), &rec, &self.dir).await?;
         tracing::debug!("timing: network up");
         let spec = spec::for_record(rt, &rec)?;
+        tracing::debug!("resources prepared");
+        let launch = restore::plan(rt, &rec)?;
+        tracing::debug!("launch planned");
         remove_sockets(&self.dir);
         tracing::debug!("timing: spec built");
         crate::fault::point("sup.vmm_spawn", None)?;
-        Ok((backend, spec))
+        Ok((backend, spec, rec, launch))
     }
 
     /// Enforce the egress policy the record holds now (`mvm update`); the

@@ -31,7 +31,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 ///    rules when it was the last machine holding an address; the egress
 ///    state file;
 /// 5. the write-back of rw host directories, when one is owed;
-/// 6. the record: a transient machine is removed; any other is `Stopped`
+/// 6. its reference to the template it was restored from, if any;
+/// 7. the record: a transient machine is removed; any other is `Stopped`
 ///    with `last_exit` (and `error`, or the write-back's failure).
 pub fn release(
     rt: &Runtime,
@@ -72,6 +73,9 @@ pub fn release(
         note(e.into());
         msg
     });
+    if let Err(e) = super::restore::release(rt, rec) {
+        note(e);
+    }
     let recorded = if rec.transient {
         match rt.registry().remove(&rec.name) {
             Err(mvm_core::registry::RegistryError::NotFound { .. }) => Ok(()),
