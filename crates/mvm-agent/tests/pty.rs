@@ -126,6 +126,44 @@ async fn wait_sleeps(sid: i32, n: usize) {
         .unwrap_or_else(|_| panic!("session {sid}: {n} sleep processes did not start"));
 }
 
+/// Fields after the command name of `/proc/PID/stat` (state first).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    Some(
+        stat[close + 1..]
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// Wait until shell `sh` gave its terminal to another process group (the
+/// terminal's foreground group, `tpgid`, is not the shell's) and no `sleep`
+/// of its session is stopped any more.
+async fn wait_foreground_job(sh: i32) {
+    let handed_over = || {
+        let Some(f) = stat_fields(sh) else {
+            return false;
+        };
+        // f[2] = pgrp, f[5] = tpgid
+        f[5] != f[2] && stopped_sleeps_in_session(sh) == 0
+    };
+    let waiting = async {
+        while !handed_over() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("shell {sh} did not continue its job in the foreground"));
+}
+
+/// How many stopped (`T`) `sleep` processes session `sid` has.
+fn stopped_sleeps_in_session(sid: i32) -> usize {
+    sleeps_in_session_where(sid, |state| state == "T")
+}
+
 #[tokio::test]
 async fn tty_runs_on_a_terminal_of_the_requested_size_and_no_tty_on_none() {
     let agent = Agent::start();
@@ -270,6 +308,9 @@ async fn job_control_works_and_session_end_leaves_no_process() {
     // Bring the stopped job back and interrupt it.
     t.type_("fg %2\n").await;
     t.expect("sleep 50").await;
+    // The shell prints the job before it hands it the terminal and
+    // continues it: Ctrl-C only once the job is the running foreground.
+    wait_foreground_job(sh).await;
     t.type_("\x03").await;
     t.expect("PROMPT> ").await;
     // The background job is still there when the shell exits.
@@ -284,6 +325,11 @@ async fn job_control_works_and_session_end_leaves_no_process() {
 
 /// How many live `sleep` processes session `sid` has.
 fn sleeps_in_session(sid: i32) -> usize {
+    sleeps_in_session_where(sid, |state| state != "Z")
+}
+
+/// How many `sleep` processes of session `sid` are in a state `keep` takes.
+fn sleeps_in_session_where(sid: i32, keep: impl Fn(&str) -> bool) -> usize {
     let mut n = 0;
     for e in fs_err::read_dir("/proc").unwrap().flatten() {
         let Ok(stat) = fs_err::read_to_string(e.path().join("stat")) else {
@@ -293,7 +339,7 @@ fn sleeps_in_session(sid: i32) -> usize {
             continue;
         };
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if &stat[open + 1..close] == "sleep" && f[0] != "Z" && f[3] == sid.to_string() {
+        if &stat[open + 1..close] == "sleep" && keep(f[0]) && f[3] == sid.to_string() {
             n += 1;
         }
     }

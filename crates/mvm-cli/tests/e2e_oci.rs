@@ -314,10 +314,12 @@ fn large_layer_streams_and_ctrl_c_leaves_a_resumable_cache() {
         BIG >> 20,
         hwm_kib / 1024
     );
-    // Streaming: the layer never sits in memory (the ~50 MiB baseline is
-    // the initramfs assembly, the same for a 1 MiB image).
+    // Streaming: the layer never sits in memory. Alone the peak is ~54 MiB
+    // (the same for a 1 MiB image); on a loaded 2-core machine, with the
+    // other tests running beside it, up to ~121 MiB was seen. A buffered
+    // layer would put the peak above the layer's own size.
     assert!(
-        hwm_kib < 100 * 1024,
+        hwm_kib < (BIG as u64) >> 10,
         "peak RSS {hwm_kib} KiB for a {} MiB layer",
         BIG >> 20
     );

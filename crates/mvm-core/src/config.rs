@@ -103,6 +103,9 @@ pub struct Config {
     pub firecracker_bin: Option<PathBuf>,
     /// Firecracker release to install.
     pub firecracker_version: String,
+    /// Where `mvm setup` downloads Firecracker releases from (a mirror);
+    /// `None` means the official GitHub releases.
+    pub firecracker_release_url: Option<String>,
     /// Default vCPUs.
     pub cpus: u8,
     /// Default memory in MiB.
@@ -156,6 +159,7 @@ impl Default for Config {
         Self {
             backend: BackendChoice::Auto,
             firecracker_bin: None,
+            firecracker_release_url: None,
             firecracker_version: DEFAULT_FIRECRACKER_VERSION.into(),
             cpus: 1,
             memory_mib: 512,
@@ -176,7 +180,15 @@ impl Config {
     /// Read `path` (a missing file means defaults), then apply `MVM_*`
     /// environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg = match fs_err::read_to_string(path) {
+        let mut cfg = Self::read_file(path)?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Read `path` only (a missing file means defaults), without the
+    /// environment: what is stored, e.g. to check what `mvm setup` wrote.
+    pub fn read_file(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = match fs_err::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -189,7 +201,6 @@ impl Config {
                 });
             }
         };
-        cfg.apply_env(|k| std::env::var(k).ok())?;
         Ok(cfg)
     }
 
@@ -219,6 +230,9 @@ impl Config {
         }
         if let Some(v) = get(MVM_FIRECRACKER_BIN) {
             self.firecracker_bin = Some(v.into());
+        }
+        if let Some(v) = get(MVM_FIRECRACKER_RELEASE_URL).filter(|v| !v.is_empty()) {
+            self.firecracker_release_url = Some(v);
         }
         if let Some(v) = get(MVM_FIRECRACKER_VERSION) {
             self.firecracker_version = v;

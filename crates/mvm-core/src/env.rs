@@ -70,6 +70,8 @@ pub const MVM_ALLOC_TEST_CHILD: &str = "MVM_ALLOC_TEST_CHILD";
 pub const MVM_MEASURE_RUNS: &str = "MVM_MEASURE_RUNS";
 /// Tests: where the fault-injection test writes its table.
 pub const MVM_FAULT_TABLE: &str = "MVM_FAULT_TABLE";
+/// Tests: only the fault-injection cases whose name contains this.
+pub const MVM_FAULT_CASES: &str = "MVM_FAULT_CASES";
 /// Tests: the Firecracker OpenAPI contract file (`.ci/run` sets it from
 /// `../shared`; the contract tests say SKIPPED without it).
 pub const MVM_FIRECRACKER_API_SPEC: &str = "MVM_FIRECRACKER_API_SPEC";
@@ -125,6 +127,7 @@ pub const ALL: &[&str] = &[
     MVM_ALLOC_TEST_CHILD,
     MVM_MEASURE_RUNS,
     MVM_FAULT_TABLE,
+    MVM_FAULT_CASES,
     MVM_FIRECRACKER_API_SPEC,
     MVM_BENCH_AGENT_SOCKET,
     MVM_BENCH_RUNS,

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `{base}` is `https://github.com/firecracker-microvm/firecracker/releases/download`
-//! unless `MVM_FIRECRACKER_RELEASE_URL` says otherwise. The tarball is
+//! unless the config's `firecracker_release_url` (or
+//! `MVM_FIRECRACKER_RELEASE_URL`) names a mirror. The tarball is
 //! downloaded into `$MVM_HOME/cache`, hashed while it streams, checked
 //! against the published SHA-256, and only then are the binaries extracted
 //! into `$MVM_HOME/bin` (temp file + rename, mode 0755). A mismatch installs
@@ -32,10 +33,6 @@ use sha2::{Digest, Sha256};
 /// Where releases are downloaded from by default.
 pub const DEFAULT_RELEASE_URL: &str =
     "https://github.com/firecracker-microvm/firecracker/releases/download";
-/// Environment variable overriding [`DEFAULT_RELEASE_URL`].
-pub const RELEASE_URL_ENV: &str = "MVM_FIRECRACKER_RELEASE_URL";
-/// Environment variable naming a Firecracker binary.
-pub const BIN_ENV: &str = "MVM_FIRECRACKER_BIN";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,12 +145,14 @@ impl Progress for NoProgress {
     fn end(&self) {}
 }
 
-/// The base URL in effect.
-pub fn release_base_url() -> String {
-    std::env::var(RELEASE_URL_ENV)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| DEFAULT_RELEASE_URL.to_string())
+/// The base URL in effect: the configured mirror
+/// (`firecracker_release_url`, or `MVM_FIRECRACKER_RELEASE_URL` through the
+/// config), else [`DEFAULT_RELEASE_URL`].
+pub fn release_base_url(config: &Config) -> String {
+    config
+        .firecracker_release_url
+        .as_deref()
+        .unwrap_or(DEFAULT_RELEASE_URL)
         .trim_end_matches('/')
         .to_string()
 }
@@ -185,12 +184,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 /// (`x86_64`, `aarch64`) into `home.bin_dir()`. Returns the path of the
 /// installed `firecracker`. Blocking: call it from a blocking thread.
 pub fn install_release(
+    config: &Config,
     home: &MvmHome,
     version: &str,
     arch: &str,
     progress: &dyn Progress,
 ) -> Result<PathBuf, InstallError> {
-    install_release_from(&release_base_url(), home, version, arch, progress)
+    install_release_from(&release_base_url(config), home, version, arch, progress)
 }
 
 /// [`install_release`] from an explicit base URL (tests serve releases
@@ -402,12 +402,7 @@ pub fn parse_version(out: &str) -> Option<String> {
 /// then `$MVM_HOME/bin/firecracker`, then `firecracker` on `PATH`. A path
 /// named explicitly must exist; it is never silently skipped.
 pub fn find_binary(config: &Config, home: &MvmHome) -> Result<PathBuf, InstallError> {
-    let explicit = config.firecracker_bin.clone().or_else(|| {
-        std::env::var_os(BIN_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(p) = explicit {
+    if let Some(p) = config.firecracker_bin.clone() {
         return if is_executable(&p) {
             Ok(p)
         } else {
@@ -523,8 +518,6 @@ mod tests {
         fs_err::write(&f, b"x").unwrap();
         fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
         let cfg = Config::default();
-        if std::env::var_os(BIN_ENV).is_none() {
-            assert_eq!(find_binary(&cfg, &home).unwrap(), f);
-        }
+        assert_eq!(find_binary(&cfg, &home).unwrap(), f);
     }
 }

@@ -606,7 +606,7 @@ mod tests {
             "-initrd",
             "/img/initrd.img",
             "-append",
-            "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 mvm.name=web",
+            "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable mvm.name=web",
             "-chardev",
             "file,id=con0,path=/h/i/web/console.log",
             "-serial",

@@ -8,7 +8,10 @@ use std::process::Command;
 const CHILD_ENV: &str = "MVM_ALLOC_TEST_CHILD";
 const TEST_NAME: &str = "concurrent_alloc::twenty_processes_allocate_distinct_identities";
 
-fn fake_image() -> mvm_image::Image {
+/// An image whose files do not exist (nothing boots), with the
+/// `manifest.json` creation reads (no OCI configuration), written by the
+/// parent into `dir`.
+fn fake_image(dir: &std::path::Path) -> mvm_image::Image {
     mvm_image::Image {
         name: "default".into(),
         digest: "0".repeat(64),
@@ -20,8 +23,34 @@ fn fake_image() -> mvm_image::Image {
         initramfs: "/nonexistent/initramfs".into(),
         rootfs: "/nonexistent/rootfs.ext4".into(),
         kernel_release: "test".into(),
-        dir: "/nonexistent".into(),
+        dir: dir.to_owned(),
     }
+}
+
+fn write_manifest(dir: &std::path::Path) {
+    let manifest = mvm_image::Manifest {
+        format: mvm_image::FORMAT_VERSION,
+        digest: "0".repeat(64),
+        kind: mvm_image::ImageKind::Default,
+        kernel_release: "test".into(),
+        kernel_source: "none".into(),
+        kernel_sha256: String::new(),
+        agent_sha256: String::new(),
+        busybox_sha256: String::new(),
+        modules: Vec::new(),
+        builtin_modules: Vec::new(),
+        rootfs_mib: 16,
+        sizes: Default::default(),
+        created: String::new(),
+        inodes: None,
+        oci: None,
+    };
+    fs_err::create_dir_all(dir).unwrap();
+    fs_err::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
 }
 
 /// In a child process: create one transient machine (no disk) with NAT and
@@ -34,7 +63,12 @@ fn child(home: &str) {
         network: Some(mvm_core::instance::NetworkMode::Nat),
         ..Default::default()
     };
-    let created = mvm_runtime::ops::create::create(&rt, &opts, &fake_image()).unwrap();
+    let created = mvm_runtime::ops::create::create(
+        &rt,
+        &opts,
+        &fake_image(&std::path::Path::new(home).join("image")),
+    )
+    .unwrap();
     let cfg = mvm_runtime::resources::network::settings(rt.config()).unwrap();
     let rec = mvm_runtime::resources::network::allocate_and_record(
         rt.registry(),
@@ -59,6 +93,7 @@ fn twenty_processes_allocate_distinct_identities() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
+    write_manifest(&home.path().join("image"));
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..20)
         .map(|_| {

@@ -29,6 +29,7 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
             .unwrap_or_else(|| config.firecracker_version.clone());
         let bars = Bars::new(quiet);
         let path = mvm_firecracker::install::install_release(
+            &config,
             rt.home(),
             &version,
             std::env::consts::ARCH,
@@ -38,7 +39,7 @@ pub async fn run(a: SetupArgs, quiet: bool) -> Result<u8> {
             format!(
                 "cannot install firecracker {version} from {}; download it yourself and run \
                  `mvm setup --backend firecracker --firecracker-bin PATH`",
-                mvm_firecracker::install::release_base_url()
+                mvm_firecracker::install::release_base_url(&config)
             )
         })?;
         eprintln!("mvm: installed firecracker {version} at {}", path.display());
@@ -95,7 +96,7 @@ mod tests {
         assert!(text.contains("# my settings"), "{text}");
         assert!(text.contains("cpus = 2 # two is enough"), "{text}");
         assert!(text.contains("bridge = \"br7\""), "{text}");
-        let cfg = mvm_core::config::Config::load(&home.config_file()).unwrap();
+        let cfg = mvm_core::config::Config::read_file(&home.config_file()).unwrap();
         assert_eq!(
             cfg.firecracker_bin.as_deref(),
             Some(std::path::Path::new("/opt/fc"))
