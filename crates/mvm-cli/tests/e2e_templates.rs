@@ -365,7 +365,7 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
             let _ = crate::common::mvm_std(self.0)
-                .args(["rm", "-f", "m", "c"])
+                .args(["rm", "-f", "m", "c", "mj", "cj"])
                 .output();
         }
     }
@@ -381,11 +381,43 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         assert!(out.status.success(), "mvm {args:?}: {err}");
         err
     };
+    // A jailed machine (the default as root) snapshots inside its chroot;
+    // its clones cannot be restored unjailed yet, and say so.
     run(&[
         "run",
         "--backend",
         "firecracker",
         "--no-wait",
+        "--network",
+        "none",
+        "--name",
+        "mj",
+    ]);
+    run(&["template", "create", "fctj", "--from", "mj"]);
+    let err = run(&[
+        "run",
+        "--template",
+        "fctj",
+        "--no-wait",
+        "--network",
+        "none",
+        "--name",
+        "cj",
+    ]);
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            err.contains("restoring into a jail is not supported") && err.contains("cold boot"),
+            "{err}"
+        );
+    }
+    run(&["rm", "-f", "mj", "cj"]);
+
+    run(&[
+        "run",
+        "--backend",
+        "firecracker",
+        "--no-wait",
+        "--no-jailer",
         "--network",
         "none",
         "--name",

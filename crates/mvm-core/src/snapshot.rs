@@ -162,6 +162,10 @@ pub struct SnapshotMeta {
     pub memory_bytes: u64,
     /// When it was taken (RFC 3339, UTC).
     pub created: String,
+    /// Taken by a jailed VMM: the state names the drives by their paths
+    /// inside the chroot, so only a jailed VMM can load it.
+    #[serde(default)]
+    pub jailed: bool,
 }
 
 /// What [`crate::VmBackend::snapshot`] did.
@@ -623,6 +627,7 @@ mod tests {
             state_bytes: 5,
             memory_bytes: 4 << 20,
             created: now_rfc3339(),
+            jailed: false,
         }
     }
 

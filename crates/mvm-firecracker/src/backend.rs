@@ -57,7 +57,7 @@ pub enum StartMode {
 /// The Firecracker backend.
 #[derive(Debug, Clone)]
 pub struct FirecrackerBackend {
-    binary: PathBuf,
+    pub(crate) binary: PathBuf,
     jailer: Option<PathBuf>,
     enable_pci: bool,
     start_mode: StartMode,

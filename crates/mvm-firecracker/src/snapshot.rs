@@ -39,6 +39,7 @@
 //! Firecracker refuses (a damaged state file, ...) becomes
 //! [`SnapshotError::Load`] with Firecracker's `fault_message`.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mvm_core::backend::{BackendError, BackendKind, RestoredVmm, RunningVmm, VmSpec};
@@ -126,6 +127,47 @@ pub fn drive_patches(meta: &SnapshotMeta, spec: &VmSpec) -> Vec<PartialDrive> {
         .collect()
 }
 
+/// Where a jailed VMM writes a snapshot, inside its chroot.
+const JAIL_SNAPSHOT_DIR: &str = "/snapshot";
+const STATE_NAME: &str = "vmstate";
+const MEMORY_NAME: &str = "memory";
+
+/// The chroot's snapshot directory of jailed machine `spec` on the host,
+/// made empty and owned by the machine's uid/gid.
+fn jailed_snapshot_dir(
+    binary: &Path,
+    spec: &VmSpec,
+    dir: &InstanceDir,
+    owner: (u32, u32),
+) -> Result<PathBuf, BackendError> {
+    let layout = crate::jailer::JailLayout::new(dir, binary, &spec.name)
+        .map_err(|e| err("cannot lay out the jail").with_source(e))?;
+    let chroot = layout.chroot();
+    let host = chroot.host_path(JAIL_SNAPSHOT_DIR);
+    for name in [STATE_NAME, MEMORY_NAME] {
+        match fs_err::remove_file(host.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err("cannot clear the jail's snapshot directory").with_source(e)),
+        }
+    }
+    chroot
+        .mkdir(JAIL_SNAPSHOT_DIR, Some(owner))
+        .map_err(|e| err("cannot make the jail's snapshot directory").with_source(e))
+}
+
+/// Move a snapshot file the jailed VMM wrote to `dest` (a rename on one
+/// filesystem, else a copy), owned by root like the rest of the store.
+fn take_from_jail(from: &Path, dest: &Path) -> Result<(), BackendError> {
+    let fail =
+        |e: std::io::Error| err("cannot move a snapshot file out of the jail").with_source(e);
+    if fs_err::rename(from, dest).is_err() {
+        fs_err::copy(from, dest).map_err(fail)?;
+        fs_err::remove_file(from).map_err(fail)?;
+    }
+    std::os::unix::fs::chown(dest, Some(0), Some(0)).map_err(fail)
+}
+
 impl FirecrackerBackend {
     pub(crate) async fn snapshot_impl(
         &self,
@@ -152,15 +194,35 @@ impl FirecrackerBackend {
             .map_err(|e| err(format!("snapshot of {name}: pausing failed")).with_source(e))?;
         let pause_ms = ms(t0.elapsed());
         let t_save = Instant::now();
-        client
-            .create_snapshot(&create_params(dest))
-            .await
-            .map_err(|e| {
-                err(format!("snapshot of {name}: PUT /snapshot/create failed"))
-                    .with_source(e)
-                    .with_logs(dir)
-            })?;
+        // A jailed VMM sees only its chroot: it writes the snapshot there,
+        // and the files are moved to `dest` afterwards.
+        let jailed = match &spec.isolation {
+            Some(iso) if self.jailer().is_some() => Some(jailed_snapshot_dir(
+                &self.binary,
+                spec,
+                dir,
+                (iso.uid, iso.gid),
+            )?),
+            _ => None,
+        };
+        let params = match &jailed {
+            Some(_) => SnapshotCreateParams {
+                mem_file_path: Path::new(JAIL_SNAPSHOT_DIR).join(MEMORY_NAME),
+                snapshot_path: Path::new(JAIL_SNAPSHOT_DIR).join(STATE_NAME),
+                snapshot_type: Some(SnapshotType::Full),
+            },
+            None => create_params(dest),
+        };
+        client.create_snapshot(&params).await.map_err(|e| {
+            err(format!("snapshot of {name}: PUT /snapshot/create failed"))
+                .with_source(e)
+                .with_logs(dir)
+        })?;
         let save_ms = ms(t_save.elapsed());
+        if let Some(inner) = &jailed {
+            take_from_jail(&inner.join(STATE_NAME), &dest.state())?;
+            take_from_jail(&inner.join(MEMORY_NAME), &dest.memory())?;
+        }
         let t_sync = Instant::now();
         fsync(&dest.state())?;
         fsync(&dest.memory())?;
@@ -189,6 +251,7 @@ impl FirecrackerBackend {
             state_bytes: len(dest.state())?,
             memory_bytes: len(dest.memory())?,
             created: now_rfc3339(),
+            jailed: jailed.is_some(),
         };
         dest.write_meta(&meta)
             .map_err(|e| err("cannot write the snapshot metadata").with_source(e))?;
@@ -216,6 +279,17 @@ impl FirecrackerBackend {
         // before anything is spawned.
         meta.check_restorable(from, BackendKind::Firecracker, &meta.vmm_version, spec)
             .map_err(snap_err)?;
+        if meta.jailed {
+            // Its state names the drives inside the template machine's
+            // chroot; clones are restored unjailed (restoring into a jail
+            // is not implemented yet): a cold boot, or an error with
+            // --require-snapshot.
+            return Err(snap_err(SnapshotError::Mismatch {
+                what: "confinement",
+                snapshot: "jailed (restoring into a jail is not supported yet; make the template from a machine run with --no-jailer)".into(),
+                requested: "an unjailed restore".into(),
+            }));
+        }
         for d in &meta.drives {
             if !d.path.exists() {
                 return Err(snap_err(SnapshotError::Missing {
@@ -392,6 +466,7 @@ mod tests {
             state_bytes: 1,
             memory_bytes: 1,
             created: String::new(),
+            jailed: false,
         };
         let patches = drive_patches(&meta, &spec);
         assert_eq!(patches.len(), 1);

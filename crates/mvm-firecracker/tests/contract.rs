@@ -527,6 +527,7 @@ fn every_request_body_matches_the_openapi_schema() {
             state_bytes: 1,
             memory_bytes: 1,
             created: String::new(),
+            jailed: false,
         };
         let patches = mvm_firecracker::snapshot::drive_patches(&meta, &s);
         assert_eq!(patches.len(), 1);

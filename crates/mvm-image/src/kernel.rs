@@ -629,8 +629,11 @@ mod tests {
         assert_eq!(parse_depends("foo\n"), None);
     }
 
-    /// The real Debian kernel, when this machine has one unpacked or installed.
+    /// The real Debian kernel, when this machine has one installed in
+    /// `/boot` (run by hand with `--ignored`; the e2e suites extract the
+    /// downloaded one on every image build and boot it).
     #[test]
+    #[ignore = "needs a Debian cloud kernel in /boot; the e2e image build covers the downloaded one"]
     fn real_debian_kernel_extracts_to_elf() {
         let candidates: Vec<PathBuf> = std::fs::read_dir("/boot")
             .into_iter()

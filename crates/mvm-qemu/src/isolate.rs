@@ -49,10 +49,20 @@ pub struct Opened {
     pub passed: PassedFds,
     /// Supplementary groups to keep.
     pub groups: Vec<Gid>,
-    /// The uid/gid to run as.
-    pub uid: u32,
-    /// The gid.
-    pub gid: u32,
+    /// The uid/gid to run as; `None`: QEMU keeps root's uid (see
+    /// [`switches_uid`]), confined by the sandbox and its cgroup only.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// Whether a QEMU of `args` drops to the machine's uid. Not when its guest
+/// RAM is a template's memory file: QEMU 7.2 opens `mem-path` read-write
+/// by path (no descriptor can be handed over), so the uid would need write
+/// access to the template's RAM — which every clone maps and which must
+/// never change. Such a VMM (a template being built, a clone restored
+/// from one) keeps the seccomp sandbox (no `setuid`, `exec`, or resource
+/// changes) and its cgroup, but runs as root.
+pub fn switches_uid(args: &QemuArgs) -> bool {
+    args.memory.is_none()
 }
 
 fn open_ro(p: &Path) -> Result<OwnedFd, BackendError> {
@@ -149,8 +159,7 @@ pub fn open(spec: &VmSpec, iso: &Isolation, args: &QemuArgs) -> Result<Opened, B
             tap,
         },
         groups,
-        uid: iso.uid,
-        gid: iso.gid,
+        run_as: switches_uid(args).then_some((iso.uid, iso.gid)),
     })
 }
 
@@ -162,7 +171,7 @@ impl Opened {
         let cgroup: Vec<i32> = self.cgroup.iter().map(|f| f.as_raw_fd()).collect();
         let inherit = self.passed.all();
         let groups = self.groups.clone();
-        let (uid, gid) = (self.uid, self.gid);
+        let run_as = self.run_as;
         let parent = rustix::process::getpid();
         // SAFETY: the closure runs in the forked, single-threaded child
         // before exec. It only makes raw syscalls (write, setgroups,
@@ -176,7 +185,9 @@ impl Opened {
                     let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
                     rustix::io::write(fd, b"0")?;
                 }
-                mvm_jail::creds::switch_to(uid, gid, &groups)?;
+                if let Some((uid, gid)) = run_as {
+                    mvm_jail::creds::switch_to(uid, gid, &groups)?;
+                }
                 if die_with_parent {
                     rustix::process::set_parent_process_death_signal(Some(
                         rustix::process::Signal::KILL,

@@ -422,6 +422,7 @@ impl QemuBackend {
             state_bytes,
             memory_bytes,
             created: now_rfc3339(),
+            jailed: false,
         };
         dest.write_meta(&meta)
             .map_err(|e| err("cannot write the snapshot metadata").with_source(e))?;

@@ -25,6 +25,7 @@ fn fake_snapshot(snap: &SnapshotDir, memory_mib: u32) {
         state_bytes: 12,
         memory_bytes: u64::from(memory_mib) << 20,
         created: "now".into(),
+        jailed: false,
     })
     .unwrap();
 }

@@ -109,6 +109,12 @@ pub fn attach_drives(
             }
             crate::fault::point("create.drives", None)?;
             drives::attach(rt.home(), rec, dir, &drives::DataOptions::default())?;
+            // `attach` leaves a NAT machine's drive to its first start (its
+            // address is allocated then); the template's is built now, and
+            // a clone gets its identity after the restore.
+            if !dir.config_drive().is_file() {
+                drives::write_config_drive(rt.home(), rec, dir)?;
+            }
             fs_err::rename(dir.config_drive(), config)?;
             for d in &mut rec.drives {
                 if d.role == DriveRole::Config {
@@ -592,6 +598,11 @@ async fn build_snapshot(
     interrupt: &mut Interrupts,
 ) -> Result<Built, RuntimeError> {
     let t0 = Instant::now();
+    // A jailed Firecracker's snapshot names its drives inside its chroot,
+    // and clones are restored unjailed: the template machine runs unjailed
+    // (it runs the template's own image and warm-up, nothing else).
+    let firecracker = crate::resources::backend::select(opts.backend, rt.config(), rt.home()).kind
+        == mvm_core::backend::BackendKind::Firecracker;
     let created = create(
         rt,
         &CreateOptions {
@@ -602,6 +613,7 @@ async fn build_snapshot(
             transient: true,
             network: opts.network,
             template: Some(drives),
+            no_jailer: firecracker,
             ..Default::default()
         },
         image,

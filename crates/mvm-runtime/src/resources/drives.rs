@@ -443,7 +443,13 @@ pub fn prepare_start(
     rec: &InstanceRecord,
     dir: &InstanceDir,
 ) -> Result<(), DrivesError> {
-    if rec.drives.iter().any(|d| d.role == DriveRole::Config) {
+    // Only the machine's own drive: a template's machine uses one moved to
+    // the template store, which never changes.
+    if rec
+        .drives
+        .iter()
+        .any(|d| d.role == DriveRole::Config && d.path == dir.config_drive())
+    {
         write_config_drive(home, rec, dir)?;
     }
     let mounts = mounts(dir)?;
