@@ -208,6 +208,31 @@ pub struct Image {
     pub dir: PathBuf,
 }
 
+impl Manifest {
+    /// The manifest of an image with no recorded inputs: a tree of
+    /// `rootfs_mib` MiB and nothing else (for tests that make images by
+    /// hand).
+    pub fn bare(digest: &str, kind: ImageKind, rootfs_mib: u64) -> Self {
+        Manifest {
+            format: FORMAT_VERSION,
+            digest: digest.to_owned(),
+            kind,
+            kernel_release: "0".into(),
+            kernel_source: "none".into(),
+            kernel_sha256: String::new(),
+            agent_sha256: String::new(),
+            busybox_sha256: String::new(),
+            modules: Vec::new(),
+            builtin_modules: Vec::new(),
+            rootfs_mib,
+            sizes: Default::default(),
+            created: String::new(),
+            inodes: None,
+            oci: None,
+        }
+    }
+}
+
 impl Image {
     /// The image's tree on the host.
     pub fn tree(&self) -> PathBuf {

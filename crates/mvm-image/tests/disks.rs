@@ -31,23 +31,7 @@ fn fake_image(dir: &Path) -> Image {
     fs_err::write(tree.join("etc/hostname"), "template\n").unwrap();
     fs_err::write(tree.join("big"), vec![7u8; 3 << 20]).unwrap();
     // The template's size and inode count come from the manifest.
-    let manifest = mvm_image::Manifest {
-        format: mvm_image::FORMAT_VERSION,
-        digest: "d".into(),
-        kind: ImageKind::Custom,
-        kernel_release: "0".into(),
-        kernel_source: "none".into(),
-        kernel_sha256: String::new(),
-        agent_sha256: String::new(),
-        busybox_sha256: String::new(),
-        modules: Vec::new(),
-        builtin_modules: Vec::new(),
-        rootfs_mib: 16,
-        sizes: Default::default(),
-        created: String::new(),
-        inodes: None,
-        oci: None,
-    };
+    let manifest = mvm_image::Manifest::bare("d", ImageKind::Custom, 16);
     fs_err::write(
         dir.join("manifest.json"),
         serde_json::to_vec(&manifest).unwrap(),

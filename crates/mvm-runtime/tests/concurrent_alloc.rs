@@ -28,23 +28,7 @@ fn fake_image(dir: &std::path::Path) -> mvm_image::Image {
 }
 
 fn write_manifest(dir: &std::path::Path) {
-    let manifest = mvm_image::Manifest {
-        format: mvm_image::FORMAT_VERSION,
-        digest: "0".repeat(64),
-        kind: mvm_image::ImageKind::Default,
-        kernel_release: "test".into(),
-        kernel_source: "none".into(),
-        kernel_sha256: String::new(),
-        agent_sha256: String::new(),
-        busybox_sha256: String::new(),
-        modules: Vec::new(),
-        builtin_modules: Vec::new(),
-        rootfs_mib: 16,
-        sizes: Default::default(),
-        created: String::new(),
-        inodes: None,
-        oci: None,
-    };
+    let manifest = mvm_image::Manifest::bare(&"0".repeat(64), mvm_image::ImageKind::Default, 16);
     fs_err::create_dir_all(dir).unwrap();
     fs_err::write(
         dir.join("manifest.json"),
