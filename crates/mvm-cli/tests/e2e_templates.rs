@@ -365,7 +365,7 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {
             let _ = crate::common::mvm_std(self.0)
-                .args(["rm", "-f", "m", "c", "mj", "cj"])
+                .args(["rm", "-f", "m", "c", "mj", "cj", "cu", "cj2"])
                 .output();
         }
     }
@@ -381,8 +381,37 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         assert!(out.status.success(), "mvm {args:?}: {err}");
         err
     };
-    // A jailed machine (the default as root) snapshots inside its chroot;
-    // its clones cannot be restored unjailed yet, and say so.
+    // A jailed clone (the default as root): restored by a Firecracker that
+    // runs as the clone's uid in its chroot, mapping the template's memory
+    // (hard-linked in) privately, its drives the clone's own files.
+    let jailed_clone_is_confined = |clone: &str, template_memory: &Path| {
+        let v = inspect(clone);
+        let pid = v["vmm_pid"].as_u64().unwrap();
+        let uid = v["isolation"]["uid"].as_u64().expect("isolation uid");
+        assert_ne!(uid, 0);
+        let status = fs_err::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|u| u.parse::<u64>().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(uids, vec![uid; 4], "{status}");
+        let sock = std::path::PathBuf::from(v["api_socket"].as_str().unwrap());
+        assert_eq!(fc_get(&sock, "/")["state"], "Running");
+        use std::os::unix::fs::MetadataExt;
+        let ino = fs_err::metadata(template_memory).unwrap().ino().to_string();
+        let maps = fs_err::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mapped = maps
+            .lines()
+            .find(|l| l.ends_with("/snapshot/memory"))
+            .unwrap_or_else(|| panic!("no snapshot memory mapped by {clone}:\n{maps}"));
+        let f: Vec<&str> = mapped.split_whitespace().collect();
+        assert!(f[1].ends_with('p'), "mapped shared: {mapped}");
+        assert_eq!(f[4], ino, "not the template's memory: {mapped}");
+    };
+    let root = rustix::process::geteuid().is_root();
     run(&[
         "run",
         "--backend",
@@ -404,13 +433,37 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         "--name",
         "cj",
     ]);
-    if rustix::process::geteuid().is_root() {
+    assert!(!err.contains("cold boot"), "not restored: {err}");
+    let tj: serde_json::Value = serde_json::from_slice(
+        &mvm(h)
+            .args(["template", "inspect", "fctj"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let tj_memory = std::path::PathBuf::from(tj["dir"].as_str().unwrap()).join("snapshot/memory");
+    if root {
+        jailed_clone_is_confined("cj", &tj_memory);
+        // The same snapshot cannot be loaded unjailed (its drives are named
+        // inside a chroot): a cold boot that says why.
+        let err = run(&[
+            "run",
+            "--template",
+            "fctj",
+            "--no-wait",
+            "--no-jailer",
+            "--network",
+            "none",
+            "--name",
+            "cu",
+        ]);
         assert!(
-            err.contains("restoring into a jail is not supported") && err.contains("cold boot"),
+            err.contains("confinement") && err.contains("cold boot"),
             "{err}"
         );
     }
-    run(&["rm", "-f", "mj", "cj"]);
+    run(&["rm", "-f", "mj", "cj", "cu"]);
 
     run(&[
         "run",
@@ -456,11 +509,30 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
     );
 
     // /snapshot/load in a fresh Firecracker, drives switched, resumed.
+    // A jailed clone of an unjailed template finds its own drives at the
+    // paths the snapshot names.
     let err = run(&[
         "run",
         "--template",
         "fct",
         "--no-wait",
+        "--network",
+        "none",
+        "--name",
+        "cj2",
+    ]);
+    assert!(!err.contains("cold boot"), "not restored: {err}");
+    if root {
+        jailed_clone_is_confined("cj2", &memory);
+    }
+    run(&["rm", "-f", "cj2"]);
+    // Unjailed: the drives switched to the clone's paths.
+    let err = run(&[
+        "run",
+        "--template",
+        "fct",
+        "--no-wait",
+        "--no-jailer",
         "--network",
         "none",
         "--name",

@@ -142,7 +142,7 @@ impl FirecrackerBackend {
                 ));
             };
             let config = self
-                .spawn_jailed(spec, dir, iso, &jailer, deadline, child_slot)
+                .spawn_jailed(spec, dir, iso, &jailer, deadline, child_slot, true, None)
                 .await?;
             return self.configure(&config, dir, deadline, child_slot).await;
         }
@@ -205,11 +205,18 @@ impl FirecrackerBackend {
     }
 }
 
+/// Puts more files into a prepared chroot before the jailer runs.
+pub(crate) type PlaceMore<'a> =
+    dyn Fn(&mvm_jail::chroot::Chroot) -> Result<(), BackendError> + Send + Sync + 'a;
+
 impl FirecrackerBackend {
-    /// Create the cgroup, prepare the chroot, run the jailer and adopt the
+    /// Create the cgroup, prepare the chroot (then `place_more` puts
+    /// further files in it, e.g. a snapshot), run the jailer and adopt the
     /// VMM it forks (stored in `child_slot`). Returns the boot
-    /// configuration with paths inside the chroot.
-    async fn spawn_jailed(
+    /// configuration with paths inside the chroot; with `boot` and
+    /// [`StartMode::ConfigFile`] the VMM boots from it by itself.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn spawn_jailed(
         &self,
         spec: &VmSpec,
         dir: &InstanceDir,
@@ -217,6 +224,8 @@ impl FirecrackerBackend {
         jailer: &Path,
         deadline: Instant,
         child_slot: &mut Option<VmmChild>,
+        boot: bool,
+        place_more: Option<&PlaceMore<'_>>,
     ) -> Result<BootConfig, BackendError> {
         become_subreaper().map_err(|e| err("cannot become a child subreaper").with_source(e))?;
         let layout = JailLayout::new(dir, &self.binary, &spec.name)
@@ -236,12 +245,15 @@ impl FirecrackerBackend {
         tracing::debug!("timing: cgroup created");
         jailer::prepare(spec, dir, &layout, iso)
             .map_err(|e| err("cannot prepare the jail").with_source(e))?;
+        if let Some(place) = place_more {
+            place(&layout.chroot())?;
+        }
         tracing::debug!("timing: chroot prepared");
         let config = jailer::boot_config(spec);
         // The jailer passes its own --id on to Firecracker.
         let mut fc = FirecrackerArgs::new(&self.binary, jailer::inner::API_SOCKET);
         fc.enable_pci = self.enable_pci;
-        if self.start_mode == StartMode::ConfigFile {
+        if boot && self.start_mode == StartMode::ConfigFile {
             let host = layout.chroot().host_path(jailer::inner::CONFIG_FILE);
             let json = serde_json::to_vec_pretty(&config.to_config_file())
                 .map_err(|e| err("cannot encode the Firecracker configuration").with_source(e))?;

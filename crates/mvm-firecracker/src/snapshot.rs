@@ -168,6 +168,102 @@ fn take_from_jail(from: &Path, dest: &Path) -> Result<(), BackendError> {
     std::os::unix::fs::chown(dest, Some(0), Some(0)).map_err(fail)
 }
 
+/// The `PUT /snapshot/load` body for a jailed VMM: the snapshot files
+/// [`place_snapshot`] put in its chroot, its vsock socket and TAP.
+pub fn jailed_load_params(spec: &VmSpec) -> SnapshotLoadParams {
+    SnapshotLoadParams {
+        enable_diff_snapshots: None,
+        track_dirty_pages: None,
+        mem_file_path: None,
+        mem_backend: Some(MemoryBackend {
+            backend_type: MemoryBackendType::File,
+            backend_path: Path::new(JAIL_SNAPSHOT_DIR).join(MEMORY_NAME),
+        }),
+        snapshot_path: Path::new(JAIL_SNAPSHOT_DIR).join(STATE_NAME),
+        resume_vm: Some(false),
+        network_overrides: spec.net.as_ref().map(|n| {
+            vec![NetworkOverride {
+                iface_id: IFACE_ID.into(),
+                host_dev_name: n.tap.clone(),
+            }]
+        }),
+        vsock_override: Some(VsockOverride {
+            uds_path: crate::jailer::inner::GUEST_SOCKET.into(),
+        }),
+        clock_realtime: None,
+    }
+}
+
+/// Put snapshot `from` into the chroot of a clone run by `owner`:
+/// - `vmstate` copied (a few KB), given to the clone;
+/// - `memory` hard-linked (or bind-mounted) read-only: Firecracker maps it
+///   privately and never writes it. It must be readable by the clone's
+///   uid, so the template's file is made world-readable; the template
+///   store (0700) and the instance's jail directory (made 0700 here) keep
+///   every other host user from reaching it by path;
+/// - each of the clone's drives also at the path the snapshot's state
+///   names it by (an unjailed template's host paths), so the load opens
+///   the clone's own files and never the template's.
+fn place_snapshot(
+    c: &mvm_jail::chroot::Chroot,
+    from: &SnapshotDir,
+    meta: &SnapshotMeta,
+    spec: &VmSpec,
+    (uid, gid): (u32, u32),
+) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| {
+            err(format!("cannot put the snapshot into the jail: {what}")).with_source(e)
+        }
+    };
+    let chroot_err = |e: mvm_jail::chroot::ChrootError| {
+        err("cannot put the snapshot into the jail").with_source(e)
+    };
+    if let Some(jail_dir) = c.root().ancestors().nth(3) {
+        fs_err::set_permissions(jail_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(fail("jail directory mode"))?;
+    }
+    c.mkdir(JAIL_SNAPSHOT_DIR, Some((uid, gid)))
+        .map_err(chroot_err)?;
+    let state = c.host_path(&format!("{JAIL_SNAPSHOT_DIR}/{STATE_NAME}"));
+    fs_err::copy(from.state(), &state).map_err(fail("vmstate"))?;
+    mvm_jail::chroot::give(&state, uid, gid).map_err(chroot_err)?;
+    let memory = from.memory();
+    let mode = fs_err::metadata(&memory)
+        .map_err(fail("memory"))?
+        .permissions()
+        .mode();
+    if mode & 0o004 == 0 {
+        fs_err::set_permissions(
+            &memory,
+            std::fs::Permissions::from_mode((mode & 0o777) | 0o444),
+        )
+        .map_err(fail("memory mode"))?;
+    }
+    c.place(&memory, &format!("{JAIL_SNAPSHOT_DIR}/{MEMORY_NAME}"), true)
+        .map_err(chroot_err)?;
+    if !meta.jailed {
+        for (m, d) in meta.drives.iter().zip(&spec.drives) {
+            let Some(inner) = m.path.to_str() else {
+                return Err(err(format!(
+                    "snapshot drive path {} is not UTF-8",
+                    m.path.display()
+                )));
+            };
+            c.place(&d.path, inner, d.read_only).map_err(chroot_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn release_jail_after_failure(dir: &InstanceDir, iso: &mvm_core::isolation::Isolation) {
+    if let Err(e) = crate::backend::release_jail(dir, iso) {
+        tracing::warn!(error = %e, "releasing the jail of a failed restore");
+    }
+}
+
 impl FirecrackerBackend {
     pub(crate) async fn snapshot_impl(
         &self,
@@ -279,15 +375,17 @@ impl FirecrackerBackend {
         // before anything is spawned.
         meta.check_restorable(from, BackendKind::Firecracker, &meta.vmm_version, spec)
             .map_err(snap_err)?;
-        if meta.jailed {
+        let jailed = match (&spec.isolation, self.jailer()) {
+            (Some(iso), Some(jailer)) => Some((iso.clone(), jailer.to_owned())),
+            _ => None,
+        };
+        if meta.jailed && jailed.is_none() {
             // Its state names the drives inside the template machine's
-            // chroot; clones are restored unjailed (restoring into a jail
-            // is not implemented yet): a cold boot, or an error with
-            // --require-snapshot.
+            // chroot: a cold boot, or an error with --require-snapshot.
             return Err(snap_err(SnapshotError::Mismatch {
                 what: "confinement",
-                snapshot: "jailed (restoring into a jail is not supported yet; make the template from a machine run with --no-jailer)".into(),
-                requested: "an unjailed restore".into(),
+                snapshot: "jailed (its drives are named inside a chroot)".into(),
+                requested: "an unjailed restore (--no-jailer)".into(),
             }));
         }
         for d in &meta.drives {
@@ -301,12 +399,85 @@ impl FirecrackerBackend {
             process::clear_stale_socket(&s)
                 .map_err(|e| err("cannot prepare the instance sockets").with_source(e))?;
         }
-        let args = self.args(spec, dir);
-        let mut guard = Guard(Some(
-            process::spawn(&args, &dir.console_log(), &dir.vmm_log(), spec.transient)
-                .map_err(|e| err("cannot start firecracker").with_source(e))?
-                .into(),
-        ));
+        let mut guard = Guard(None);
+        let (logger, load) = match &jailed {
+            Some((iso, jailer)) => {
+                let owner = (iso.uid, iso.gid);
+                let place =
+                    |c: &mvm_jail::chroot::Chroot| place_snapshot(c, from, &meta, spec, owner);
+                let spawned = self
+                    .spawn_jailed(
+                        spec,
+                        dir,
+                        iso,
+                        jailer,
+                        deadline,
+                        &mut guard.0,
+                        false,
+                        Some(&place),
+                    )
+                    .await;
+                if let Err(e) = spawned {
+                    guard.kill().await;
+                    release_jail_after_failure(dir, iso);
+                    return Err(e);
+                }
+                (
+                    crate::jailer::boot_config(spec).logger,
+                    jailed_load_params(spec),
+                )
+            }
+            None => {
+                let args = self.args(spec, dir);
+                guard.0 = Some(
+                    process::spawn(&args, &dir.console_log(), &dir.vmm_log(), spec.transient)
+                        .map_err(|e| err("cannot start firecracker").with_source(e))?
+                        .into(),
+                );
+                (
+                    BootConfig::new(spec, dir).logger,
+                    load_params(spec, dir, from),
+                )
+            }
+        };
+        let result = self
+            .load_into(
+                spec,
+                dir,
+                &meta,
+                &mut guard,
+                logger,
+                load,
+                jailed.is_none(),
+                t0,
+                deadline,
+            )
+            .await;
+        if result.is_err() {
+            guard.kill().await;
+            if let Some((iso, _)) = &jailed {
+                release_jail_after_failure(dir, iso);
+            }
+        }
+        result
+    }
+
+    /// Load the snapshot into the spawned VMM of `guard`, switch its drives
+    /// to the clone's (`patch_drives`: unjailed; a jailed VMM finds the
+    /// clone's files at the snapshot's paths), resume it.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_into(
+        &self,
+        spec: &VmSpec,
+        dir: &InstanceDir,
+        meta: &SnapshotMeta,
+        guard: &mut Guard,
+        logger: crate::api::Logger,
+        load: SnapshotLoadParams,
+        patch_drives: bool,
+        t0: Instant,
+        deadline: Instant,
+    ) -> Result<RestoredVmm, BackendError> {
         let client = self.client(dir);
         process::wait_ready(guard.child(), &client, deadline)
             .await
@@ -321,26 +492,28 @@ impl FirecrackerBackend {
             .map_err(|e| err("GET /version failed").with_source(e))?
             .firecracker_version;
         if running != meta.vmm_version {
-            guard.kill().await;
             return Err(snap_err(SnapshotError::VmmVersion {
-                snapshot: meta.vmm_version,
+                snapshot: meta.vmm_version.clone(),
                 running,
             }));
         }
-        let logger = BootConfig::new(spec, dir).logger;
         client
             .put_logger(&logger)
             .await
             .map_err(|e| err("configuring the logger failed").with_source(e))?;
-        if let Err(e) = client.load_snapshot(&load_params(spec, dir, from)).await {
-            guard.kill().await;
+        if let Err(e) = client.load_snapshot(&load).await {
             let detail = match &e {
                 crate::api::ApiError::Fault { fault_message, .. } => fault_message.clone(),
                 other => other.to_string(),
             };
             return Err(snap_err(SnapshotError::Load { detail }).with_logs(dir));
         }
-        for patch in drive_patches(&meta, spec) {
+        let patches = if patch_drives {
+            drive_patches(meta, spec)
+        } else {
+            Vec::new()
+        };
+        for patch in patches {
             client.patch_drive(&patch).await.map_err(|e| {
                 err(format!(
                     "switching drive {} to the clone's file failed",
@@ -357,11 +530,9 @@ impl FirecrackerBackend {
                 .with_source(e)
                 .with_logs(dir)
         })?;
+        let child = guard.0.take().expect("spawned before the load");
         Ok(RestoredVmm {
-            vmm: RunningVmm {
-                child: guard.disarm(),
-                guest: None,
-            },
+            vmm: RunningVmm { child, guest: None },
             info: RestoreInfo {
                 spawn_ms,
                 load_ms,
@@ -379,9 +550,6 @@ struct Guard(Option<VmmChild>);
 impl Guard {
     fn child(&mut self) -> &mut VmmChild {
         self.0.as_mut().expect("armed until disarmed")
-    }
-    fn disarm(mut self) -> VmmChild {
-        self.0.take().expect("armed until disarmed")
     }
     async fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {

@@ -246,6 +246,11 @@ pub fn create(
     image: &mvm_image::Image,
 ) -> Result<Created, RuntimeError> {
     let (mut rec, defaults) = plan(rt, opts, image)?;
+    if jail::policy(rt.config(), opts.no_jailer).enabled {
+        // The VMM is moved into its cgroup ~10 ms from now, by the
+        // supervisor: let the kernel's grace period pass meanwhile.
+        mvm_jail::cgroup::prewarm_migration();
+    }
     let name = rec.name.clone();
     let registry = rt.registry();
     rec.owner = Some(ProcessIdentity::current());

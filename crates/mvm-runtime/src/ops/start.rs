@@ -122,6 +122,11 @@ pub async fn start_owned(
         }
         r.error = None;
         r.vmm = None;
+        if r.isolation.as_ref().is_some_and(|i| i.cgroup.is_some()) {
+            // See `ops::create`: the supervisor moves the VMM into its
+            // cgroup a few ms from now.
+            mvm_jail::cgroup::prewarm_migration();
+        }
         let s = detached::spawn(rt, name, &lock, &r.id)?;
         r.owner = s.child.id().and_then(ProcessIdentity::of);
         r.owner_role = OwnerRole::Supervisor;

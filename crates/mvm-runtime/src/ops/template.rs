@@ -598,11 +598,6 @@ async fn build_snapshot(
     interrupt: &mut Interrupts,
 ) -> Result<Built, RuntimeError> {
     let t0 = Instant::now();
-    // A jailed Firecracker's snapshot names its drives inside its chroot,
-    // and clones are restored unjailed: the template machine runs unjailed
-    // (it runs the template's own image and warm-up, nothing else).
-    let firecracker = crate::resources::backend::select(opts.backend, rt.config(), rt.home()).kind
-        == mvm_core::backend::BackendKind::Firecracker;
     let created = create(
         rt,
         &CreateOptions {
@@ -613,7 +608,6 @@ async fn build_snapshot(
             transient: true,
             network: opts.network,
             template: Some(drives),
-            no_jailer: firecracker,
             ..Default::default()
         },
         image,
