@@ -122,6 +122,8 @@ fn host_memory_mib() -> Option<u64> {
 /// Check the options of a new machine that do not depend on its image
 /// (name, vCPUs, memory against the host's, network and ports, data
 /// inputs): cheap, so callers run it before building or pulling an image.
+/// For a confined machine it also warms the kernel's cgroup migration lock
+/// in the background ([`mvm_jail::cgroup::prewarm_migration`]).
 pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     let config = rt.config();
     if let Some(name) = &opts.name {
@@ -176,6 +178,12 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
         .unwrap_or_else(|| config.network.egress.clone());
     crate::resources::egress::check(network, &egress)?;
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
+    if confine.enabled {
+        // The VMM will be moved into its cgroup: start the kernel's grace
+        // period now (see `prewarm_migration`; `create` and `start` warm
+        // it again, closer to the move).
+        mvm_jail::cgroup::prewarm_migration();
+    }
     Ok(())
 }
 
