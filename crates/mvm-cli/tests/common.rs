@@ -170,13 +170,7 @@ impl Drop for MachineGuard<'_> {
 /// The real Firecracker binary to test against (`MVM_FIRECRACKER_BIN`), or
 /// `None` after printing `SKIPPED: ...`.
 pub fn firecracker_bin(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("MVM_FIRECRACKER_BIN").filter(|v| !v.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            mvm_core::testing::skip(&format!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})"));
-            None
-        }
-    }
+    mvm_core::testing::path_from_env("MVM_FIRECRACKER_BIN", test)
 }
 
 /// A `GET` on a Firecracker API socket, as JSON.

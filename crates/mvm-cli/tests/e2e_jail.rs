@@ -25,13 +25,7 @@ use crate::e2e_net::{NetNs, is_root};
 
 /// `MVM_JAILER_BIN`, or `None` after `SKIPPED`.
 fn jailer_bin(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("MVM_JAILER_BIN").filter(|v| !v.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            mvm_core::testing::skip(&format!("SKIPPED: MVM_JAILER_BIN not set ({test})"));
-            None
-        }
-    }
+    mvm_core::testing::path_from_env("MVM_JAILER_BIN", test)
 }
 
 fn needs_root(test: &str) -> bool {

@@ -22,3 +22,16 @@ pub fn skip(msg: &str) {
         let _ = writeln!(f, "{}", msg.replace('\n', " "));
     }
 }
+
+/// The path in environment variable `var` (a test instrument such as
+/// `MVM_FIRECRACKER_BIN`), or `None` after reporting `test` as skipped
+/// ([`skip`]) because it is not set.
+pub fn path_from_env(var: &str, test: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(p) => Some(p.into()),
+        None => {
+            skip(&format!("SKIPPED: {var} not set ({test})"));
+            None
+        }
+    }
+}

@@ -80,15 +80,27 @@ fn fsync(path: &std::path::Path) -> Result<(), BackendError> {
 
 /// The `PUT /snapshot/load` body restoring `from` for `spec` in `dir`.
 pub fn load_params(spec: &VmSpec, dir: &InstanceDir, from: &SnapshotDir) -> SnapshotLoadParams {
+    load_body(spec, from.memory(), from.state(), dir.guest_socket())
+}
+
+/// A `PUT /snapshot/load` body: RAM from `memory` (mapped privately),
+/// state from `state`, the vsock socket at `uds_path`, `spec`'s TAP, not
+/// resumed.
+fn load_body(
+    spec: &VmSpec,
+    memory: PathBuf,
+    state: PathBuf,
+    uds_path: PathBuf,
+) -> SnapshotLoadParams {
     SnapshotLoadParams {
         enable_diff_snapshots: None,
         track_dirty_pages: None,
         mem_file_path: None,
         mem_backend: Some(MemoryBackend {
             backend_type: MemoryBackendType::File,
-            backend_path: from.memory(),
+            backend_path: memory,
         }),
-        snapshot_path: from.state(),
+        snapshot_path: state,
         resume_vm: Some(false),
         network_overrides: spec.net.as_ref().map(|n| {
             vec![NetworkOverride {
@@ -96,9 +108,7 @@ pub fn load_params(spec: &VmSpec, dir: &InstanceDir, from: &SnapshotDir) -> Snap
                 host_dev_name: n.tap.clone(),
             }]
         }),
-        vsock_override: Some(VsockOverride {
-            uds_path: dir.guest_socket(),
-        }),
+        vsock_override: Some(VsockOverride { uds_path }),
         clock_realtime: None,
     }
 }
@@ -171,27 +181,12 @@ fn take_from_jail(from: &Path, dest: &Path) -> Result<(), BackendError> {
 /// The `PUT /snapshot/load` body for a jailed VMM: the snapshot files
 /// [`place_snapshot`] put in its chroot, its vsock socket and TAP.
 pub fn jailed_load_params(spec: &VmSpec) -> SnapshotLoadParams {
-    SnapshotLoadParams {
-        enable_diff_snapshots: None,
-        track_dirty_pages: None,
-        mem_file_path: None,
-        mem_backend: Some(MemoryBackend {
-            backend_type: MemoryBackendType::File,
-            backend_path: Path::new(JAIL_SNAPSHOT_DIR).join(MEMORY_NAME),
-        }),
-        snapshot_path: Path::new(JAIL_SNAPSHOT_DIR).join(STATE_NAME),
-        resume_vm: Some(false),
-        network_overrides: spec.net.as_ref().map(|n| {
-            vec![NetworkOverride {
-                iface_id: IFACE_ID.into(),
-                host_dev_name: n.tap.clone(),
-            }]
-        }),
-        vsock_override: Some(VsockOverride {
-            uds_path: crate::jailer::inner::GUEST_SOCKET.into(),
-        }),
-        clock_realtime: None,
-    }
+    load_body(
+        spec,
+        Path::new(JAIL_SNAPSHOT_DIR).join(MEMORY_NAME),
+        Path::new(JAIL_SNAPSHOT_DIR).join(STATE_NAME),
+        crate::jailer::inner::GUEST_SOCKET.into(),
+    )
 }
 
 /// Put snapshot `from` into the chroot of a clone run by `owner`:

@@ -6,13 +6,7 @@ use std::time::{Duration, Instant};
 /// The Firecracker binary to test against, or `None` (after printing
 /// `SKIPPED: ...`).
 pub fn firecracker_bin(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("MVM_FIRECRACKER_BIN").filter(|v| !v.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            mvm_core::testing::skip(&format!("SKIPPED: MVM_FIRECRACKER_BIN not set ({test})"));
-            None
-        }
-    }
+    mvm_core::testing::path_from_env("MVM_FIRECRACKER_BIN", test)
 }
 
 /// A deadline `secs` from now.

@@ -18,13 +18,7 @@ use crate::common::{deadline, firecracker_bin, tiny_elf};
 
 /// The jailer (`MVM_JAILER_BIN`), or `None` after `SKIPPED`.
 fn jailer_bin(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("MVM_JAILER_BIN").filter(|v| !v.is_empty()) {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            mvm_core::testing::skip(&format!("SKIPPED: MVM_JAILER_BIN not set ({test})"));
-            None
-        }
-    }
+    mvm_core::testing::path_from_env("MVM_JAILER_BIN", test)
 }
 
 fn status_field(pid: u32, field: &str) -> String {
