@@ -262,3 +262,14 @@ pub fn assert_nothing_left(home: &Path, what: &str) {
         "{what}: instance directories left: {dirs:?}"
     );
 }
+
+/// Check `name` of the output of `mvm doctor --json`.
+pub fn doctor_check(doctor: &serde_json::Value, name: &str) -> serde_json::Value {
+    doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {doctor}"))
+        .clone()
+}

@@ -430,15 +430,7 @@ fn doctor_reports_firecracker_kvm_and_the_auto_choice() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let check = |n: &str| {
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == n)
-            .unwrap_or_else(|| panic!("no {n} check in {v}"))
-            .clone()
-    };
+    let check = |n: &str| crate::common::doctor_check(&v, n);
     let fc = check("firecracker");
     let kvm = check("kvm");
     let kvm_usable = mvm_core::backend::kvm_usable();

@@ -415,15 +415,7 @@ fn doctor_reports_confinement_and_gc_removes_jail_leftovers() {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let check = |v: &Value, n: &str| -> Value {
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == n)
-            .unwrap_or_else(|| panic!("no {n} check in {v}"))
-            .clone()
-    };
+    let check = crate::common::doctor_check;
     let on = check(&doctor(&[]), "isolation");
     assert_eq!(on["ok"], true, "{on}");
     assert!(on["detail"].as_str().unwrap().starts_with("on:"), "{on}");
