@@ -540,8 +540,11 @@ fn jailed_firecracker_faults_leave_no_jail_behind() {
             ],
         );
         let point = fault.split('=').next().unwrap();
-        let was_reached =
-            fs_err::read_to_string(&reached).is_ok_and(|t| t.lines().any(|l| l == point));
+        // With --no-wait the CLI returns once the VMM started, which the
+        // supervisor reports before it reaches `sup.vmm_spawned`.
+        let was_reached = wait_until(Duration::from_secs(10), || {
+            fs_err::read_to_string(&reached).is_ok_and(|t| t.lines().any(|l| l == point))
+        });
         assert!(
             was_reached,
             "{fault}: not reached: {}",
