@@ -311,6 +311,14 @@ pub fn prepare(
     chroot::release(&layout.base)?;
     let c = layout.chroot();
     c.create()?;
+    // Only root passes the jail directory (the jailer enters the chroot as
+    // root, the VMM never sees above it): what is linked into a chroot —
+    // a template's memory for a clone — is not reachable by other users.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(&layout.base, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(&layout.base)(e))?;
+    }
     let owner = (iso.uid, iso.gid);
     let inner_spec = inner_spec(spec);
     c.place(&spec.kernel.vmlinux, inner::KERNEL, true)?;

@@ -194,7 +194,8 @@ pub fn jailed_load_params(spec: &VmSpec) -> SnapshotLoadParams {
 /// - `memory` hard-linked (or bind-mounted) read-only: Firecracker maps it
 ///   privately and never writes it. It must be readable by the clone's
 ///   uid, so the template's file is made world-readable; the template
-///   store (0700) and the instance's jail directory (made 0700 here) keep
+///   store (0700) and the instance's jail directory (0700, see
+///   [`crate::jailer::prepare`]) keep
 ///   every other host user from reaching it by path;
 /// - each of the clone's drives also at the path the snapshot's state
 ///   names it by (an unjailed template's host paths), so the load opens
@@ -216,10 +217,6 @@ fn place_snapshot(
     let chroot_err = |e: mvm_jail::chroot::ChrootError| {
         err("cannot put the snapshot into the jail").with_source(e)
     };
-    if let Some(jail_dir) = c.root().ancestors().nth(3) {
-        fs_err::set_permissions(jail_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(fail("jail directory mode"))?;
-    }
     c.mkdir(JAIL_SNAPSHOT_DIR, Some((uid, gid)))
         .map_err(chroot_err)?;
     let state = c.host_path(&format!("{JAIL_SNAPSHOT_DIR}/{STATE_NAME}"));
