@@ -1,6 +1,13 @@
 //! Atomic file writes: write a temporary file beside the target, fsync it,
 //! then rename it over the target (uv's `write_atomic_sync`). A crash leaves
 //! either the old or the new content, never a torn file.
+//!
+//! The directory is fsynced only when the write creates the name: a
+//! replacement needs its data on disk before the rename (so the name never
+//! points at unwritten data) but not the rename itself, since after a
+//! power loss the name holds the old content or the new, both whole and
+//! the old one durable already. (Records are rewritten several times per
+//! start; each directory fsync cost 0.1–0.4 ms.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,10 +40,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Atomi
         .map_err(err)?;
     tmp.write_all(contents).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
+    let replaces = std::fs::symlink_metadata(path).is_ok();
     tmp.persist(path).map_err(|e| err(e.error))?;
-    // Make the rename itself durable.
-    if let Ok(d) = fs_err::File::open(dir) {
-        let _ = d.sync_all();
+    if !replaces {
+        // Make the new name durable.
+        if let Ok(d) = fs_err::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

@@ -132,19 +132,20 @@ pub enum Hierarchy {
 
 /// Warm the kernel's cgroup migration lock in the background, so that a
 /// VMM moved into its cgroup shortly after (within a few ms of this call)
-/// does not wait for it.
+/// does not wait for it. Only cgroup v2 needs it: on v1 a VMM joins its
+/// cgroup through `tasks` ([`attach_self`]), which takes no global lock.
 ///
-/// Every migration (a write to `cgroup.procs`, v1 or v2) takes the global
-/// `cgroup_threadgroup_rwsem` for writing, and the first writer after a
-/// quiet period waits for an RCU grace period (measured here: 6–14 ms;
-/// the next one within ~10 ms: 0.1 ms). This writes this process's own pid
-/// into the cgroup it is already in — a migration that changes nothing —
-/// on a thread of its own, so the grace period passes while the caller
-/// prepares the machine. Best effort: without root or a cgroup hierarchy
-/// it does nothing. (cgroup v2 hosts could instead create the VMM in its
-/// cgroup with `clone3(CLONE_INTO_CGROUP)`.)
+/// A write to `cgroup.procs` takes the global `cgroup_threadgroup_rwsem`
+/// for writing, and the first writer after a quiet period waits for an RCU
+/// grace period (measured here: 6–14 ms; the next one within ~10 ms: 0.1
+/// ms). This writes this process's own pid into the cgroup it is already
+/// in — a migration that changes nothing — on a thread of its own, so the
+/// grace period passes while the caller prepares the machine. Best effort:
+/// without root or a cgroup hierarchy it does nothing. (cgroup v2 hosts
+/// could instead create the VMM in its cgroup with
+/// `clone3(CLONE_INTO_CGROUP)`.)
 pub fn prewarm_migration() {
-    let Some(h) = Hierarchy::detect() else {
+    let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() else {
         return;
     };
     let Ok(own) = fs_err::read_to_string("/proc/self/cgroup") else {
@@ -483,13 +484,28 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Open every `cgroup.procs` for writing (close-on-exec), to be passed
-    /// to [`attach_self`] in a child between `fork` and `exec`.
+    /// Open, for writing (close-on-exec), the file of each directory
+    /// through which the calling thread joins it, to be passed to
+    /// [`attach_self`] in a child between `fork` and `exec`: v1 `tasks`, v2
+    /// `cgroup.procs`.
+    ///
+    /// On v1 the child moves its one thread (a forked child has one), which
+    /// moves the process, and the kernel then takes no global lock: moving
+    /// the current thread by writing `0` to `tasks` skips
+    /// `cgroup_threadgroup_rwsem` (Linux 5.17+, "cgroup: Optimize single
+    /// thread migration"), whose first writer after a quiet period waits
+    /// for an RCU grace period (`cgroup.procs`: 5–8 ms here, measured in a
+    /// forked child 0.15 s after the last migration; `tasks`: 0.1 ms). On
+    /// v2, `cgroup.threads` cannot leave a threaded domain, so
+    /// `cgroup.procs` it is (see [`prewarm_migration`]).
     pub fn attach_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
         self.dirs
             .iter()
             .map(|d| {
-                let p = procs_file(d);
+                let p = match self.version {
+                    CgroupVersion::V1 => d.join("tasks"),
+                    CgroupVersion::V2 => procs_file(d),
+                };
                 fs_err::OpenOptions::new()
                     .write(true)
                     .open(&p)
@@ -509,8 +525,9 @@ impl Cgroup {
     }
 }
 
-/// Move the calling process into the cgroups whose `cgroup.procs` are
-/// `fds` (from [`Cgroup::attach_fds`]), by writing `0` ("myself").
+/// Move the calling process, which must have a single thread (a child
+/// between `fork` and `exec`), into the cgroups whose files are `fds`
+/// (from [`Cgroup::attach_fds`]), by writing `0` ("myself").
 ///
 /// Async-signal-safe (one `write(2)` per fd, no allocation): meant for a
 /// `pre_exec` closure.

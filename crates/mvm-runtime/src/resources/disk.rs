@@ -32,3 +32,32 @@ pub fn create(image: &mvm_image::Image, dir: &InstanceDir) -> Result<DriveRecord
         role: DriveRole::Root,
     })
 }
+
+/// Make the spare disk the next machine of `rec`'s image will take
+/// ([`mvm_image::disk::refill_spare`]), on a thread of its own, when
+/// `rec`'s own root disk came from that image's template. The supervisor
+/// calls this once the VMM runs (off the start's critical path) and joins
+/// the thread before it exits.
+pub fn refill_spare(
+    home: &mvm_core::MvmHome,
+    rec: &mvm_core::instance::InstanceRecord,
+) -> Option<std::thread::JoinHandle<()>> {
+    if rec.template.is_some() || !rec.drives.iter().any(|d| d.role == DriveRole::Root) {
+        return None;
+    }
+    let (home, image, digest) = (home.clone(), rec.image.clone(), rec.image_digest.clone());
+    let work = move || {
+        let image = match mvm_image::get(&home, &image) {
+            Ok(i) if i.digest == digest => i,
+            _ => return, // the image changed or went: its spare is of no use
+        };
+        match mvm_image::disk::refill_spare(&image, DEFAULT_DISK_MIB) {
+            Ok(made) => tracing::debug!(made, "spare disk of image {:?}", image.name),
+            Err(e) => tracing::warn!("cannot make a spare disk of image {:?}: {e}", image.name),
+        }
+    };
+    std::thread::Builder::new()
+        .name("spare-disk".into())
+        .spawn(work)
+        .ok()
+}

@@ -17,12 +17,20 @@ use mvm_core::{InstanceDir, Status};
 
 use crate::{Runtime, RuntimeError};
 
-/// Wait until the main process of the machine of `dir` has exited; never
-/// returns when `has_main` is false.
-pub async fn wait(dir: &InstanceDir, has_main: bool) -> Result<ExitStatus, RuntimeError> {
+/// How many times a lost `WaitMain` link is made again while the VMM runs.
+pub const WAIT_RETRIES: u32 = 5;
+
+/// Wait until the main process of the machine of `dir` has exited (after
+/// `delay`: a retry's back-off); never returns when `has_main` is false.
+pub async fn wait(
+    dir: &InstanceDir,
+    has_main: bool,
+    delay: std::time::Duration,
+) -> Result<ExitStatus, RuntimeError> {
     if !has_main {
         return std::future::pending().await;
     }
+    tokio::time::sleep(delay).await;
     let client = crate::resources::agent::connect(dir).await?;
     client
         .wait_main()
@@ -40,7 +48,9 @@ pub enum Ended {
     /// The guest cannot run a main process: the machine stops with this
     /// error.
     Unsupported(String),
-    /// The agent link went away (the machine is stopping anyway).
+    /// The agent link went away: the guest is going down, or the link
+    /// broke; the supervisor asks again while the VMM runs (the agent keeps
+    /// the status, and powers off by itself when nobody asks).
     Lost,
 }
 

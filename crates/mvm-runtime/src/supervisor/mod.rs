@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::resources::backend::AnyBackend;
-use crate::resources::{drives, egress, network};
+use crate::resources::{disk, drives, egress, network};
 use crate::{Runtime, RuntimeError};
 
 /// How long the VMM may take to accept its configuration.
@@ -164,6 +164,8 @@ struct Held {
     network: Option<network::MachineNetwork>,
     egress: Option<egress::Egress>,
     child: Option<mvm_core::vmm_child::VmmChild>,
+    /// The making of the image's next spare disk (joined at the end).
+    spare_disk: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Run the owner of machine `name`, whose record is `Starting` and whose
@@ -290,6 +292,9 @@ impl Supervisor<'_> {
         if let Err(e) = crate::fault::point("sup.vmm_spawned", Some(vmm_pid)) {
             return Outcome::Failed(e);
         }
+        // The disk the next machine of this image takes (a few ms, on its
+        // own thread, while the guest boots).
+        held.spare_disk = disk::refill_spare(self.rt.home(), &rec);
 
         // 3. The guest agent, racing the VMM's exit, a stop and the deadline.
         let t_started = Instant::now();
@@ -359,9 +364,10 @@ impl Supervisor<'_> {
         tokio::pin!(serve);
         let mut serving = true;
         let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
-        let main_wait = main_process::wait(&dir, has_main);
+        let main_wait = main_process::wait(&dir, has_main, Duration::ZERO);
         tokio::pin!(main_wait);
         let (mut main_waiting, mut main_ended) = (has_main, None);
+        let mut main_retries = 0;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
@@ -372,6 +378,15 @@ impl Supervisor<'_> {
                 r = &mut main_wait, if main_waiting => {
                     main_waiting = false;
                     match main_process::ended(self.rt, &self.name, r) {
+                        main_process::Ended::Lost if main_retries < main_process::WAIT_RETRIES => {
+                            // Asked again (if the guest is going down, the
+                            // VMM's exit ends this loop first).
+                            main_retries += 1;
+                            let delay = Duration::from_millis(100 << main_retries);
+                            main_wait.set(main_process::wait(&dir, has_main, delay));
+                            main_waiting = true;
+                            continue;
+                        }
                         main_process::Ended::Lost => continue,
                         main_process::Ended::Exited(d) => main_ended = Some(d),
                         // Recorded as the machine's error.
@@ -415,6 +430,7 @@ impl Supervisor<'_> {
             }
         };
         if main_waiting
+            && main_retries == 0
             && let Ok(r) = tokio::time::timeout(MAIN_STATUS_GRACE, &mut main_wait).await
             && let main_process::Ended::Exited(d) = main_process::ended(self.rt, &self.name, r)
         {
@@ -520,6 +536,10 @@ impl Supervisor<'_> {
         drop(held.egress.take());
         drop(held.network.take());
         let _ = crate::fault::point("sup.network_released", None);
+        if let Some(spare) = held.spare_disk.take() {
+            // A copy of at most `SPARE_MAX_BYTES`; usually long finished.
+            let _ = tokio::task::spawn_blocking(move || spare.join()).await;
+        }
         let (last_exit, error) = match &outcome {
             Outcome::Ended(d) => (Some(d.clone()), None),
             Outcome::Failed(e) => (None, Some(crate::error_chain(e))),
