@@ -122,8 +122,9 @@ fn host_memory_mib() -> Option<u64> {
 /// Check the options of a new machine that do not depend on its image
 /// (name, vCPUs, memory against the host's, network and ports, data
 /// inputs): cheap, so callers run it before building or pulling an image.
-/// For a confined machine it also warms the kernel's cgroup migration lock
-/// in the background ([`mvm_jail::cgroup::prewarm_migration`]).
+/// For a confined machine on a cgroup v2 host it also warms the kernel's
+/// cgroup migration lock in the background
+/// ([`mvm_jail::cgroup::prewarm_migration`]; v1 needs no warming).
 pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     let config = rt.config();
     if let Some(name) = &opts.name {
@@ -179,9 +180,9 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     crate::resources::egress::check(network, &egress)?;
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     if confine.enabled {
-        // The VMM will be moved into its cgroup: start the kernel's grace
-        // period now (see `prewarm_migration`; `create` and `start` warm
-        // it again, closer to the move).
+        // The VMM will be moved into its cgroup: on cgroup v2, start the
+        // kernel's grace period now (see `prewarm_migration`; `create` and
+        // `start` warm it again, closer to the move; a no-op on v1).
         mvm_jail::cgroup::prewarm_migration();
     }
     Ok(())
@@ -256,7 +257,7 @@ pub fn create(
     let (mut rec, defaults) = plan(rt, opts, image)?;
     if jail::policy(rt.config(), opts.no_jailer).enabled {
         // The VMM is moved into its cgroup ~10 ms from now, by the
-        // supervisor: let the kernel's grace period pass meanwhile.
+        // supervisor: let the kernel's grace period pass meanwhile (v2).
         mvm_jail::cgroup::prewarm_migration();
     }
     let name = rec.name.clone();

@@ -124,7 +124,7 @@ pub async fn start_owned(
         r.vmm = None;
         if r.isolation.as_ref().is_some_and(|i| i.cgroup.is_some()) {
             // See `ops::create`: the supervisor moves the VMM into its
-            // cgroup a few ms from now.
+            // cgroup a few ms from now (v2 only).
             mvm_jail::cgroup::prewarm_migration();
         }
         let s = detached::spawn(rt, name, &lock, &r.id)?;
