@@ -229,3 +229,48 @@ fn starts_that_can_never_work_create_no_record() {
     assert_eq!(status_of(home, "ghost"), None);
     assert!(crate::common::instance_dirs(home).is_empty());
 }
+
+/// A machine's main process ends it with its status (`mvm run -- CMD`),
+/// also when the supervisor's first `WaitMain` to the agent fails (fault
+/// point `sup.main_wait`): the supervisor asks again while the VMM runs.
+/// (Left lost, the machine would run on until the agent's own 30 s grace
+/// and stop without the main process's status.)
+#[test]
+fn a_lost_main_process_wait_is_asked_again() {
+    if !can_boot("a_lost_main_process_wait_is_asked_again") {
+        return;
+    }
+    ensure_image();
+    let home = own_home("mvm-mw");
+    let home = home.path();
+    let reached = home.join("reached");
+    for fault in [None, Some("sup.main_wait=fail")] {
+        let name = unique("mw");
+        let mut run = mvm_std(home);
+        run.args(["run", "--name", &name, "--", "sh", "-c", "sleep 1; exit 3"]);
+        if let Some(f) = fault {
+            run.env(mvm_core::env::MVM_FAULT, f)
+                .env(mvm_core::env::MVM_FAULT_REACHED, &reached);
+        }
+        ok(run.output().unwrap(), "run");
+        let stopped = wait_until(Duration::from_secs(25), || {
+            status_of(home, &name).as_deref() == Some("stopped")
+        });
+        let row = crate::common::ps(home)
+            .into_iter()
+            .find(|m| m["name"] == name.as_str())
+            .unwrap();
+        assert!(stopped, "{fault:?}: not stopped 25 s after run: {row}");
+        assert_eq!(
+            row["note"], "main process exited with code 3",
+            "{fault:?}: {row}"
+        );
+        ok(
+            mvm_std(home).args(["rm", "-f", &name]).output().unwrap(),
+            "rm",
+        );
+    }
+    let points = fs_err::read_to_string(&reached).unwrap_or_default();
+    assert_eq!(points.trim(), "sup.main_wait", "the fault was not injected");
+    assert_nothing_left(home, "after the main-process machines");
+}
