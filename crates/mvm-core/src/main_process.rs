@@ -47,15 +47,10 @@ impl ProcessDefaults {
 pub struct MainProcess {
     /// Program and arguments (Entrypoint + Cmd), run without a shell.
     pub argv: Vec<String>,
-    /// Environment: the image's `Env` under the machine's `run -e`.
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Working directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// User.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    /// Its environment (the image's `Env` under the machine's `run -e`),
+    /// working directory and user; stored flat beside `argv`.
+    #[serde(flatten)]
+    pub process: ProcessDefaults,
 }
 
 /// How a machine's main process ended.
@@ -128,5 +123,24 @@ mod tests {
         let back: ProcessDefaults =
             serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
+    }
+
+    #[test]
+    fn a_main_process_is_stored_flat() {
+        // The record's form: what earlier versions wrote and read.
+        let stored =
+            r#"{"argv":["/bin/sh","-c","exit 3"],"env":[["A","1"]],"cwd":"/work","user":"app"}"#;
+        let m: MainProcess = serde_json::from_str(stored).unwrap();
+        assert_eq!(m.argv, ["/bin/sh", "-c", "exit 3"]);
+        assert_eq!(m.process.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(m.process.cwd.as_deref(), Some("/work"));
+        assert_eq!(m.process.user.as_deref(), Some("app"));
+        let back: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(stored).unwrap()
+        );
+        let bare: MainProcess = serde_json::from_str(r#"{"argv":["true"]}"#).unwrap();
+        assert!(bare.process.is_empty());
     }
 }

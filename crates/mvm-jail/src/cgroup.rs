@@ -148,6 +148,16 @@ pub fn prewarm_migration() {
     let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() else {
         return;
     };
+    // One warm-up serves the callers of the next few ms (an operation
+    // checks, creates and starts in quick succession).
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(5)) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
     let Ok(own) = fs_err::read_to_string("/proc/self/cgroup") else {
         return;
     };

@@ -405,9 +405,9 @@ pub fn write_config_drive(
     }
     cfg.main = rec.main.as_ref().map(|m| mvm_agent_proto::MainSpec {
         argv: m.argv.clone(),
-        env: m.env.clone(),
-        cwd: m.cwd.clone(),
-        user: m.user.clone(),
+        env: m.process.env.clone(),
+        cwd: m.process.cwd.clone(),
+        user: m.process.user.clone(),
         poweroff_grace_ms: None,
     });
     let source = dir.root().join(CONFIG_DRIVE_SOURCE);

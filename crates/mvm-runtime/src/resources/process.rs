@@ -71,9 +71,11 @@ pub fn main_process(
     env.extend(machine_env.iter().cloned());
     Some(MainProcess {
         argv,
-        env,
-        cwd: defaults.cwd.clone(),
-        user: defaults.user.clone(),
+        process: ProcessDefaults {
+            env,
+            cwd: defaults.cwd.clone(),
+            user: defaults.user.clone(),
+        },
     })
 }
 
@@ -155,9 +157,9 @@ mod tests {
         let m = main_process(Some(&c), &d, &machine_env, &[]).unwrap();
         assert_eq!(m.argv, s(&["/bin/sh", "-c", "echo hi"]));
         // Later entries win in the guest: the machine's over the image's.
-        assert_eq!(m.env.last().unwrap().1, "machine");
-        assert_eq!(m.cwd.as_deref(), Some("/work"));
-        assert_eq!(m.user.as_deref(), Some("app"));
+        assert_eq!(m.process.env.last().unwrap().1, "machine");
+        assert_eq!(m.process.cwd.as_deref(), Some("/work"));
+        assert_eq!(m.process.user.as_deref(), Some("app"));
         // `mvm run IMAGE -- CMD` replaces Cmd, keeps Entrypoint.
         let m = main_process(Some(&c), &d, &[], &s(&["exit 3"])).unwrap();
         assert_eq!(m.argv, s(&["/bin/sh", "-c", "exit 3"]));
