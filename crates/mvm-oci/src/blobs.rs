@@ -309,38 +309,24 @@ impl BlobStore {
     /// is writing. Returns `None` (and removes nothing) while a pull or
     /// import holds the shared lock.
     pub fn gc(&self, keep: &BTreeSet<String>) -> Result<Option<GcReport>, BlobError> {
-        let Some(_lock) = self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive)? else {
+        let Some((_lock, found)) = self.unneeded(keep)? else {
             return Ok(None);
         };
         let mut report = GcReport::default();
-        for e in fs_err::read_dir(self.root.join("sha256"))? {
-            let e = e?;
-            let name = format!("sha256:{}", e.file_name().to_string_lossy());
-            if keep.contains(&name) {
-                continue;
+        // `_probe` holds a partial download's lock until it is removed.
+        for (what, path, _probe) in found {
+            fs_err::remove_file(&path)?;
+            match what {
+                BlobLeftover::Unused { bytes, .. } => {
+                    report.blobs += 1;
+                    report.bytes += bytes;
+                }
+                BlobLeftover::Partial { bytes, .. } => {
+                    report.partials += 1;
+                    report.bytes += bytes;
+                }
+                BlobLeftover::Incoming { .. } => {}
             }
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            fs_err::remove_file(e.path())?;
-            report.blobs += 1;
-            report.bytes += len;
-        }
-        for e in fs_err::read_dir(self.root.join("partial"))? {
-            let e = e?;
-            let f = fs_err::OpenOptions::new().write(true).open(e.path())?;
-            if rustix::fs::flock(
-                f.as_fd(),
-                rustix::fs::FlockOperation::NonBlockingLockExclusive,
-            )
-            .is_ok()
-            {
-                report.bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-                fs_err::remove_file(e.path())?;
-                report.partials += 1;
-            }
-        }
-        for e in fs_err::read_dir(self.root.join("incoming"))? {
-            // Imports hold the shared lock, so nothing here is live.
-            fs_err::remove_file(e?.path())?;
         }
         Ok(Some(report))
     }
@@ -353,8 +339,31 @@ impl BlobStore {
         if !self.root.exists() {
             return Ok(Vec::new());
         }
-        let Some(_lock) = self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive)? else {
-            return Ok(Vec::new());
+        Ok(self
+            .unneeded(keep)?
+            .map(|(_, found)| found.into_iter().map(|(what, _, _)| what).collect())
+            .unwrap_or_default())
+    }
+
+    /// The one scan behind [`BlobStore::gc`] and [`BlobStore::leftovers`],
+    /// under the store's exclusive lock (returned; `None` while a pull or
+    /// import runs): each entry no image needs, its path, and for a partial
+    /// download the file whose probe `flock` keeps its writers out until
+    /// it is dropped (imports hold the shared store lock, so nothing in
+    /// `incoming/` is live).
+    #[allow(clippy::type_complexity)]
+    fn unneeded(
+        &self,
+        keep: &BTreeSet<String>,
+    ) -> Result<
+        Option<(
+            StoreLock,
+            Vec<(BlobLeftover, PathBuf, Option<fs_err::File>)>,
+        )>,
+        BlobError,
+    > {
+        let Some(lock) = self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive)? else {
+            return Ok(None);
         };
         let mut out = Vec::new();
         let len = |e: &fs_err::DirEntry| e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -362,36 +371,38 @@ impl BlobStore {
             let e = e?;
             let digest = format!("sha256:{}", e.file_name().to_string_lossy());
             if !keep.contains(&digest) {
-                out.push(BlobLeftover::Unused {
+                let what = BlobLeftover::Unused {
                     bytes: len(&e),
                     digest,
-                });
+                };
+                out.push((what, e.path(), None));
             }
         }
         for e in fs_err::read_dir(self.root.join("partial"))? {
             let e = e?;
             let f = fs_err::OpenOptions::new().write(true).open(e.path())?;
-            // Probing the writer's flock: ours is released when `f` closes.
             if rustix::fs::flock(
                 f.as_fd(),
                 rustix::fs::FlockOperation::NonBlockingLockExclusive,
             )
             .is_ok()
             {
-                out.push(BlobLeftover::Partial {
+                let what = BlobLeftover::Partial {
                     digest: format!("sha256:{}", e.file_name().to_string_lossy()),
                     bytes: len(&e),
-                });
+                };
+                out.push((what, e.path(), Some(f)));
             }
         }
         for e in fs_err::read_dir(self.root.join("incoming"))? {
             let e = e?;
-            out.push(BlobLeftover::Incoming {
+            let what = BlobLeftover::Incoming {
                 bytes: len(&e),
                 path: e.path(),
-            });
+            };
+            out.push((what, e.path(), None));
         }
-        Ok(out)
+        Ok(Some((lock, out)))
     }
 }
 
