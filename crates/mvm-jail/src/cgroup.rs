@@ -502,8 +502,10 @@ impl Cgroup {
     /// On v1 the child moves its one thread (a forked child has one), which
     /// moves the process, and the kernel then takes no global lock: moving
     /// the current thread by writing `0` to `tasks` skips
-    /// `cgroup_threadgroup_rwsem` (Linux 5.17+, "cgroup: Optimize single
-    /// thread migration"), whose first writer after a quiet period waits
+    /// `cgroup_threadgroup_rwsem` ("cgroup: Optimize single thread
+    /// migration": Linux 6.0, and the 5.4+ stable kernels since 2022;
+    /// older kernels take the lock as for `cgroup.procs`), whose first
+    /// writer after a quiet period waits
     /// for an RCU grace period (`cgroup.procs`: 5–8 ms here, measured in a
     /// forked child 0.15 s after the last migration; `tasks`: 0.1 ms). On
     /// v2, `cgroup.threads` cannot leave a threaded domain, so
