@@ -231,7 +231,8 @@ fn take_spare(image: &Image, size_mib: u64, dest: &Path) -> Result<bool, ImageEr
     match fs_err::rename(spare_path(image, size_mib), dest) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => Ok(false),
+        // (`fs_err` keeps the kind, not the errno.)
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -320,6 +321,44 @@ pub fn clone_file(template: &Path, dest: &Path) -> Result<DiskCopy, ImageError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_on_another_filesystem_is_left_and_copied_instead() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let (Ok(a), Ok(b)) = (
+            fs_err::metadata(shm),
+            fs_err::metadata(std::env::temp_dir()),
+        ) else {
+            mvm_core::testing::skip("SKIPPED: a_spare_on_another_filesystem: no /dev/shm");
+            return;
+        };
+        if a.dev() == b.dev() {
+            mvm_core::testing::skip(
+                "SKIPPED: a_spare_on_another_filesystem: /dev/shm and the temp dir share a filesystem",
+            );
+            return;
+        }
+        let images = tempfile::tempdir_in(shm).unwrap();
+        let machines = tempfile::tempdir().unwrap();
+        let image = Image {
+            name: "t".into(),
+            digest: "d".into(),
+            kind: crate::ImageKind::Custom,
+            kernel: mvm_core::backend::KernelPaths {
+                bzimage: images.path().join("bzImage"),
+                vmlinux: images.path().join("vmlinux"),
+            },
+            initramfs: images.path().join("initramfs.cpio"),
+            rootfs: images.path().join("rootfs.ext4"),
+            kernel_release: "0".into(),
+            dir: images.path().to_owned(),
+        };
+        fs_err::write(spare_path(&image, 8), b"spare").unwrap();
+        let dest = machines.path().join("disk.ext4");
+        assert!(!take_spare(&image, 8, &dest).unwrap(), "EXDEV is no error");
+        assert!(spare_path(&image, 8).exists() && !dest.exists());
+    }
 
     #[test]
     fn zero_blocks_are_punched_and_sparse_copies_are_identical() {
