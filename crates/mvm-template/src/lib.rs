@@ -174,7 +174,9 @@ pub enum TemplateError {
 }
 
 fn is_enospc(e: &std::io::Error) -> bool {
+    // `fs_err`'s errors keep the kind, not the errno.
     e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 fn io_err(name: &str, path: &Path, source: std::io::Error) -> TemplateError {
