@@ -370,11 +370,13 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         }
     }
     let _c = Cleanup(h);
-    let inspect = |name: &str| -> serde_json::Value {
-        let out = mvm(h).args(["inspect", name]).output().unwrap();
-        assert!(out.status.success());
+    // The JSON `mvm ARGS` prints (`inspect`, `template inspect`).
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = mvm(h).args(args).output().unwrap();
+        assert!(out.status.success(), "mvm {args:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    let inspect = |name: &str| json(&["inspect", name]);
     let run = |args: &[&str]| {
         let out = mvm(h).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -434,14 +436,7 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         "cj",
     ]);
     assert!(!err.contains("cold boot"), "not restored: {err}");
-    let tj: serde_json::Value = serde_json::from_slice(
-        &mvm(h)
-            .args(["template", "inspect", "fctj"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let tj = json(&["template", "inspect", "fctj"]);
     let tj_memory = std::path::PathBuf::from(tj["dir"].as_str().unwrap()).join("snapshot/memory");
     if root {
         jailed_clone_is_confined("cj", &tj_memory);
@@ -486,14 +481,7 @@ fn firecracker_template_snapshot_and_restore_through_the_cli() {
         "Running",
         "the machine did not run on after the snapshot"
     );
-    let t: serde_json::Value = serde_json::from_slice(
-        &mvm(h)
-            .args(["template", "inspect", "fct"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let t = json(&["template", "inspect", "fct"]);
     assert_eq!(t["backend"], "firecracker", "{t}");
     assert_eq!(t["memory_mode"], "memory-file", "{t}");
     assert_eq!(t["from_machine"], "m", "{t}");

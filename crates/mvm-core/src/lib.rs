@@ -25,6 +25,7 @@ pub mod backend;
 pub mod config;
 pub mod egress;
 pub mod env;
+pub mod files;
 pub mod instance;
 pub mod isolation;
 pub mod main_process;

@@ -260,11 +260,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JailerError + '_ {
 /// Replace `link` (a symlink, a stale socket or nothing) with a relative
 /// symlink to `target`.
 fn relink(link: &Path, target: &Path) -> Result<(), JailerError> {
-    match fs_err::remove_file(link) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(link)(e)),
-    }
+    mvm_core::files::remove_if_exists(link).map_err(io_err(link))?;
     std::os::unix::fs::symlink(target, link).map_err(io_err(link))
 }
 

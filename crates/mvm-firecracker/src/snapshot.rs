@@ -155,11 +155,8 @@ fn jailed_snapshot_dir(
     let chroot = layout.chroot();
     let host = chroot.host_path(JAIL_SNAPSHOT_DIR);
     for name in [STATE_NAME, MEMORY_NAME] {
-        match fs_err::remove_file(host.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err("cannot clear the jail's snapshot directory").with_source(e)),
-        }
+        mvm_core::files::remove_if_exists(&host.join(name))
+            .map_err(|e| err("cannot clear the jail's snapshot directory").with_source(e))?;
     }
     chroot
         .mkdir(JAIL_SNAPSHOT_DIR, Some(owner))

@@ -98,7 +98,7 @@ pub fn ensure_template(image: &Image, size_mib: u64) -> Result<PathBuf, ImageErr
     punch_zero_blocks(tmp.path())?;
     // A spare of a former template of this image holds the same tree, but
     // spares are copies of the template in place: drop it.
-    remove_if_exists(&spare_path(image, size_mib))?;
+    mvm_core::files::remove_if_exists(&spare_path(image, size_mib))?;
     tmp.persist(&path).map_err(|e| ImageError::from(e.error))?;
     Ok(path)
 }
@@ -288,14 +288,6 @@ pub fn refill_spare(image: &Image, size_mib: u64) -> Result<bool, ImageError> {
     // Renamed while the lock is held (see above).
     fs_err::rename(&partial, &spare)?;
     Ok(true)
-}
-
-/// Remove `path`; absent is fine.
-fn remove_if_exists(path: &Path) -> Result<(), ImageError> {
-    match fs_err::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 /// Make `dest` a copy of `template` that shares nothing with it: a reflink

@@ -177,11 +177,7 @@ pub fn add_agent_and_mountpoints(tree: &Path, agent: &[u8], as_init: bool) -> st
         // once (`mkfs.ext4 -d` keeps hard links), and a machine's copy of
         // it is 5 MB smaller (formats before 2 had two copies).
         let init = tree.join("init");
-        match fs_err::remove_file(&init) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        mvm_core::files::remove_if_exists(&init)?;
         fs_err::hard_link(tree.join("sbin/mvm-agent"), &init)?;
     }
     Ok(())

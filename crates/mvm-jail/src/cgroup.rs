@@ -145,11 +145,13 @@ pub enum Hierarchy {
 /// could instead create the VMM in its cgroup with
 /// `clone3(CLONE_INTO_CGROUP)`.)
 pub fn prewarm_migration() {
-    let Some(h @ Hierarchy::V2 { .. }) = Hierarchy::detect() else {
+    // The host's hierarchy, read once per process (v1 hosts stop here).
+    static HIERARCHY: std::sync::OnceLock<Option<Hierarchy>> = std::sync::OnceLock::new();
+    let Some(h @ Hierarchy::V2 { .. }) = HIERARCHY.get_or_init(Hierarchy::detect) else {
         return;
     };
     // One warm-up serves the callers of the next few ms (an operation
-    // checks, creates and starts in quick succession).
+    // checks its options twice, then starts).
     static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     {
         let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());

@@ -77,9 +77,7 @@ pub enum CowError {
 impl CowError {
     /// Whether the filesystem ran out of space.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, CowError::Io { source, .. }
-            if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-                || source.kind() == std::io::ErrorKind::StorageFull)
+        matches!(self, CowError::Io { source, .. } if crate::is_enospc(source))
     }
 }
 

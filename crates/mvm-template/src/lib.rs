@@ -173,10 +173,10 @@ pub enum TemplateError {
     },
 }
 
+/// Whether `e` says the filesystem is full (by its kind: ENOSPC maps to
+/// `StorageFull`, and `fs_err`'s errors keep the kind but not the errno).
 fn is_enospc(e: &std::io::Error) -> bool {
-    // `fs_err`'s errors keep the kind, not the errno.
-    e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-        || e.kind() == std::io::ErrorKind::StorageFull
+    e.kind() == std::io::ErrorKind::StorageFull
 }
 
 fn io_err(name: &str, path: &Path, source: std::io::Error) -> TemplateError {

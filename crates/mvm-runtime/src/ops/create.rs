@@ -181,8 +181,8 @@ pub fn check(rt: &Runtime, opts: &CreateOptions) -> Result<(), RuntimeError> {
     drives::check(rt.registry(), opts.name.as_deref(), &opts.data)?;
     if confine.enabled {
         // The VMM will be moved into its cgroup: on cgroup v2, start the
-        // kernel's grace period now (see `prewarm_migration`; `create` and
-        // `start` warm it again, closer to the move; a no-op on v1).
+        // kernel's grace period now (see `prewarm_migration`; `start` warms
+        // it again, closer to the move; a no-op on v1).
         mvm_jail::cgroup::prewarm_migration();
     }
     Ok(())
@@ -254,12 +254,8 @@ pub fn create(
     opts: &CreateOptions,
     image: &mvm_image::Image,
 ) -> Result<Created, RuntimeError> {
+    // (`plan` checks the options, which warms the cgroup lock: v2 only.)
     let (mut rec, defaults) = plan(rt, opts, image)?;
-    if jail::policy(rt.config(), opts.no_jailer).enabled {
-        // The VMM is moved into its cgroup ~10 ms from now, by the
-        // supervisor: let the kernel's grace period pass meanwhile (v2).
-        mvm_jail::cgroup::prewarm_migration();
-    }
     let name = rec.name.clone();
     let registry = rt.registry();
     rec.owner = Some(ProcessIdentity::current());

@@ -417,11 +417,7 @@ pub fn write_config_drive(
     }
     // Forget the old content first: a crash between the two writes then
     // means a rebuild, never a stale drive taken as current.
-    match fs_err::remove_file(&source) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("remove", &source)(e)),
-    }
+    mvm_core::files::remove_if_exists(&source).map_err(io("remove", &source))?;
     let dest = dir.config_drive();
     let templated =
         crate::resources::config_template::write(home, &dest, &cfg).map_err(io("write", &dest))?;

@@ -217,10 +217,8 @@ fn write_state_logged(dir: &InstanceDir, st: &EgressState) {
 /// Remove the machine's state file (idempotent; the rules themselves go
 /// with the TAP, see `network::release`).
 pub fn release(dir: &InstanceDir) {
-    match fs_err::remove_file(dir.egress_state()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("{e}"),
+    if let Err(e) = mvm_core::files::remove_if_exists(&dir.egress_state()) {
+        tracing::warn!("{e}");
     }
 }
 

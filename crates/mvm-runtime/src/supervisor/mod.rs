@@ -134,10 +134,8 @@ pub fn remove_sockets(dir: &InstanceDir) {
         dir.qmp_socket(),
         dir.api_socket(),
     ] {
-        match fs_err::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("{e}"),
+        if let Err(e) = mvm_core::files::remove_if_exists(&p) {
+            tracing::warn!("{e}");
         }
     }
 }
